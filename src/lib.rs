@@ -1,0 +1,13 @@
+//! # fixq — fixed-point quantization of trained CNNs by SQNR
+//!
+//! `fixq` turns a trained floating-point convolutional network into fixed point with the fewest bits its
+//! accuracy allows, and runs it in integers. It follows D. Lin, S. Talathi and V. S. Annapureddy,
+//! *Fixed Point Quantization of Deep Convolutional Networks*, ICML 2016 (arXiv:1511.06393).
+//!
+//! See `docs/design.md` for the map of modules and data flow.
+#![deny(missing_docs)]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod error;
+
+pub use error::{Error, Result};
