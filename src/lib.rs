@@ -4,10 +4,33 @@
 //! accuracy allows, and runs it in integers. It follows D. Lin, S. Talathi and V. S. Annapureddy,
 //! *Fixed Point Quantization of Deep Convolutional Networks*, ICML 2016 (arXiv:1511.06393).
 //!
+//! # The model, in equations
+//! 1. A b-bit uniform quantizer with step Δ covers a range ≈ Δ·2ᵇ (Eq. 1). For a known density there is
+//!    one optimal Δ per b ([`table::optimal_step`]); its SQNR grows about κ dB per bit (Eq. 2,
+//!    [`table::kappa_db_per_bit`]).
+//! 2. Each tensor's density is fitted ([`dist::fit`]); its effective standard deviation ξ scales the
+//!    unit-variance step, and the fractional bits follow as n = −⌈log₂(ξ·Stepsize(b))⌉
+//!    ([`QFormat::paper_rule`]) or by exact expected error ([`QFormat::min_expected_mse`]).
+//! 3. Quantization noise of weights and activations adds across layers (Eq. 6, 9):
+//!    1/SQNR_out = Σᵢ 1/SQNRᵢ ([`sqnr::network_db`]).
+//!
+//! # Modules
+//! * [`table`] — optimal uniform quantizers per density family and bit-width.
+//! * [`dist`] — density families, fitting, streaming accumulators.
+//! * [`fixed`] — [`QFormat`], rounding, [`Quantizer`], [`QTensor`].
+//! * [`sqnr`] — measure, predict, aggregate.
+//!
 //! See `docs/design.md` for the map of modules and data flow.
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod dist;
 pub mod error;
+pub mod fixed;
+pub mod sqnr;
+pub mod table;
 
+pub use dist::{Fit, FitAccumulator};
 pub use error::{Error, Result};
+pub use fixed::{Grid, QFormat, QTensor, Quantizer, Rounding, Storage};
+pub use table::Family;
