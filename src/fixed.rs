@@ -329,7 +329,7 @@ impl std::fmt::Display for QFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let sign = if self.signed { 's' } else { 'u' };
         let grid = if self.grid == Grid::MidRise { "r" } else { "" };
-        write!(f, "{sign}{}.{}{grid}", self.bits, self.frac_bits)
+        f.pad(&format!("{sign}{}.{}{grid}", self.bits, self.frac_bits))
     }
 }
 
@@ -409,6 +409,8 @@ pub trait Storage:
     fn from_code(code: i64) -> Self;
     /// Widens to `i64`.
     fn to_code(self) -> i64;
+    /// Narrows an `i32` already known to lie in `MIN..=MAX` (vectorisable hot-path conversion).
+    fn from_i32(v: i32) -> Self;
 }
 
 macro_rules! storage {
@@ -426,6 +428,10 @@ macro_rules! storage {
             #[inline(always)]
             fn to_code(self) -> i64 {
                 self as i64
+            }
+            #[inline(always)]
+            fn from_i32(v: i32) -> Self {
+                v as $t
             }
         }
     )*};
@@ -732,6 +738,23 @@ impl<T: Storage> Quantizer<T> {
 /// vectorises on baseline x86-64.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
+/// Rounds a scaled value to the nearest integer (ties to even) within `[lo, hi]`, counting saturation.
+///
+/// The value is clamped one step beyond the bounds, then 1.5·2²³ is added: the sum's low mantissa
+/// bits hold the rounded integer, read with integer arithmetic (no float-to-int conversion, so the
+/// loop vectorises on baseline x86-64). A NaN input gives an arbitrary in-range code; callers reject
+/// non-finite input separately.
+#[inline(always)]
+fn round_clamped(s: f32, lo: f32, hi: f32, sat: &mut u32) -> i32 {
+    let s = if s < lo - 1.0 { lo - 1.0 } else { s };
+    let s = if s > hi + 1.0 { hi + 1.0 } else { s };
+    let r = (s + ROUND_MAGIC) - ROUND_MAGIC;
+    *sat += u32::from(r < lo) + u32::from(r > hi);
+    let r = if r < lo { lo } else { r };
+    let r = if r > hi { hi } else { r };
+    (r + ROUND_MAGIC).to_bits() as i32 - ROUND_MAGIC.to_bits() as i32
+}
+
 /// Quantizes a contiguous slice; returns the number of saturated values.
 fn quantize_slice<T: Storage>(
     xs: &[f32],
@@ -747,26 +770,27 @@ fn quantize_slice<T: Storage>(
     if rounding == Rounding::NearestEven && hi <= (1 << 21) && lo >= -(1 << 21) {
         let scale = pow2(f.frac_bits()) as f32;
         let off = offset as f32;
-        let (lo_f, hi_f) = (lo as f32, hi as f32);
+        let (lo_i, hi_i) = (lo as f32, hi as f32);
         let mut saturated = 0u64;
         const CHUNK: usize = 1024;
+        const W: usize = 16;
         for (ci, (xc, oc)) in xs.chunks(CHUNK).zip(os.chunks_mut(CHUNK)).enumerate() {
-            let mut finite = true;
-            let mut sat = 0u32;
-            for (o, &v) in oc.iter_mut().zip(xc) {
-                finite &= v.is_finite();
-                let s = v * scale - off;
-                // Clamp one step beyond the bounds so rounding stays exact, then detect saturation.
-                let s = if s < lo_f - 1.0 { lo_f - 1.0 } else { s };
-                let s = if s > hi_f + 1.0 { hi_f + 1.0 } else { s };
-                let r = (s + ROUND_MAGIC) - ROUND_MAGIC;
-                let out = r < lo_f || r > hi_f;
-                sat += u32::from(out);
-                let r = if r < lo_f { lo_f } else { r };
-                let r = if r > hi_f { hi_f } else { r };
-                *o = T::from_code(r as i32 as i64);
+            let mut bad = 0u32;
+            let mut sat = [0u32; W];
+            let (xb, xt) = xc.split_at(xc.len() - xc.len() % W);
+            let (ob, ot) = oc.split_at_mut(xb.len());
+            for (xw, ow) in xb.chunks_exact(W).zip(ob.chunks_exact_mut(W)) {
+                for j in 0..W {
+                    let v = xw[j];
+                    bad |= u32::from(!v.is_finite());
+                    ow[j] = T::from_i32(round_clamped(v * scale - off, lo_i, hi_i, &mut sat[j]));
+                }
             }
-            if !finite {
+            for (o, &v) in ot.iter_mut().zip(xt) {
+                bad |= u32::from(!v.is_finite());
+                *o = T::from_i32(round_clamped(v * scale - off, lo_i, hi_i, &mut sat[0]));
+            }
+            if bad != 0 {
                 let index = xc.iter().position(|v| !v.is_finite()).unwrap_or(0);
                 return Err(Error::NonFinite {
                     what: "tensor to quantize",
@@ -774,7 +798,7 @@ fn quantize_slice<T: Storage>(
                     value: f64::from(xc[index]),
                 });
             }
-            saturated += u64::from(sat);
+            saturated += sat.iter().map(|&s| u64::from(s)).sum::<u64>();
         }
         return Ok(saturated);
     }

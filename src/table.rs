@@ -102,6 +102,33 @@ impl Family {
         }
     }
 
+    /// Maps two independent uniform variates u₁ ∈ (0, 1], u₂ ∈ [0, 1) to one unit-variance sample
+    /// of the family (inverse cdf for Uniform and Laplacian; Box–Muller for Gaussian; the Gamma is
+    /// z²/(2k) for a Box–Muller normal z, with the sign of the independent second normal).
+    /// For test data and benchmarks; u₁ outside (0, 1] is clamped into it.
+    pub fn from_uniforms(self, u1: f64, u2: f64) -> f64 {
+        let u1 = if u1 > 0.0 && u1 <= 1.0 {
+            u1
+        } else {
+            f64::MIN_POSITIVE.max(u1.clamp(0.0, 1.0))
+        };
+        let r = (-2.0 * u1.ln()).sqrt();
+        let theta = 2.0 * PI * u2;
+        match self {
+            Family::Uniform => (2.0 * u1 - 1.0) * SQRT_3,
+            Family::Gaussian => r * theta.cos(),
+            Family::Laplacian => {
+                let m = -u1.ln() / SQRT_2;
+                if u2 < 0.5 { m } else { -m }
+            }
+            Family::Gamma => {
+                let z = r * theta.cos();
+                let m = z * z / (2.0 * GAMMA_K);
+                if theta.sin() >= 0.0 { m } else { -m }
+            }
+        }
+    }
+
     /// Lower-case name.
     pub fn name(self) -> &'static str {
         match self {
