@@ -740,10 +740,10 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// Rounds a scaled value to the nearest integer (ties to even) within `[lo, hi]`, counting saturation.
 ///
-/// The value is clamped one step beyond the bounds, then 1.5·2²³ is added: the sum's low mantissa
-/// bits hold the rounded integer, read with integer arithmetic (no float-to-int conversion, so the
-/// loop vectorises on baseline x86-64). A NaN input gives an arbitrary in-range code; callers reject
-/// non-finite input separately.
+/// The value is clamped one step beyond the bounds so the magic-number rounding stays exact; the
+/// clamped, rounded value plus 1.5·2²³ holds the integer in its low mantissa bits, read with integer
+/// arithmetic (no float-to-int conversion, so the loop vectorises). A NaN input gives an arbitrary
+/// in-range code; callers reject non-finite input separately.
 #[inline(always)]
 fn round_clamped(s: f32, lo: f32, hi: f32, sat: &mut u32) -> i32 {
     let s = if s < lo - 1.0 { lo - 1.0 } else { s };
@@ -753,6 +753,36 @@ fn round_clamped(s: f32, lo: f32, hi: f32, sat: &mut u32) -> i32 {
     let r = if r < lo { lo } else { r };
     let r = if r > hi { hi } else { r };
     (r + ROUND_MAGIC).to_bits() as i32 - ROUND_MAGIC.to_bits() as i32
+}
+
+/// The vectorisable body of nearest-even quantization of one chunk: codes into `os`, returns
+/// (any non-finite input, saturated count). Written once; [`crate::simd`] compiles it per ISA.
+#[inline(always)]
+pub(crate) fn quantize_nearest_body<T: Storage>(
+    xs: &[f32],
+    os: &mut [T],
+    scale: f32,
+    off: f32,
+    lo: f32,
+    hi: f32,
+) -> (bool, u64) {
+    const W: usize = 16;
+    let mut bad = 0u32;
+    let mut sat = [0u32; W];
+    let (xb, xt) = xs.split_at(xs.len() - xs.len() % W);
+    let (ob, ot) = os.split_at_mut(xb.len());
+    for (xw, ow) in xb.chunks_exact(W).zip(ob.chunks_exact_mut(W)) {
+        for j in 0..W {
+            let v = xw[j];
+            bad |= u32::from(!v.is_finite());
+            ow[j] = T::from_i32(round_clamped(v * scale - off, lo, hi, &mut sat[j]));
+        }
+    }
+    for (o, &v) in ot.iter_mut().zip(xt) {
+        bad |= u32::from(!v.is_finite());
+        *o = T::from_i32(round_clamped(v * scale - off, lo, hi, &mut sat[0]));
+    }
+    (bad != 0, sat.iter().map(|&s| u64::from(s)).sum())
 }
 
 /// Quantizes a contiguous slice; returns the number of saturated values.
@@ -770,27 +800,12 @@ fn quantize_slice<T: Storage>(
     if rounding == Rounding::NearestEven && hi <= (1 << 21) && lo >= -(1 << 21) {
         let scale = pow2(f.frac_bits()) as f32;
         let off = offset as f32;
-        let (lo_i, hi_i) = (lo as f32, hi as f32);
+        let (lo_f, hi_f) = (lo as f32, hi as f32);
         let mut saturated = 0u64;
         const CHUNK: usize = 1024;
-        const W: usize = 16;
         for (ci, (xc, oc)) in xs.chunks(CHUNK).zip(os.chunks_mut(CHUNK)).enumerate() {
-            let mut bad = 0u32;
-            let mut sat = [0u32; W];
-            let (xb, xt) = xc.split_at(xc.len() - xc.len() % W);
-            let (ob, ot) = oc.split_at_mut(xb.len());
-            for (xw, ow) in xb.chunks_exact(W).zip(ob.chunks_exact_mut(W)) {
-                for j in 0..W {
-                    let v = xw[j];
-                    bad |= u32::from(!v.is_finite());
-                    ow[j] = T::from_i32(round_clamped(v * scale - off, lo_i, hi_i, &mut sat[j]));
-                }
-            }
-            for (o, &v) in ot.iter_mut().zip(xt) {
-                bad |= u32::from(!v.is_finite());
-                *o = T::from_i32(round_clamped(v * scale - off, lo_i, hi_i, &mut sat[0]));
-            }
-            if bad != 0 {
+            let (bad, sat) = crate::simd::quantize_nearest(xc, oc, scale, off, lo_f, hi_f);
+            if bad {
                 let index = xc.iter().position(|v| !v.is_finite()).unwrap_or(0);
                 return Err(Error::NonFinite {
                     what: "tensor to quantize",
@@ -798,7 +813,7 @@ fn quantize_slice<T: Storage>(
                     value: f64::from(xc[index]),
                 });
             }
-            saturated += sat.iter().map(|&s| u64::from(s)).sum::<u64>();
+            saturated += sat;
         }
         return Ok(saturated);
     }

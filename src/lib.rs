@@ -22,11 +22,13 @@
 //!
 //! See `docs/design.md` for the map of modules and data flow.
 #![deny(missing_docs)]
-#![forbid(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod dist;
 pub mod error;
 pub mod fixed;
+pub mod kernels;
+mod simd;
 pub mod sqnr;
 pub mod table;
 

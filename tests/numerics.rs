@@ -249,7 +249,7 @@ fn accumulator_halves_merge_to_one_pass() {
         a.merge(&b);
         let m = a.fit().unwrap();
         assert_eq!(m.count(), whole.count());
-        assert!((m.mean() - whole.mean()).abs() < 1e-12);
+        assert!((m.mean() - whole.mean()).abs() < 1e-6 * whole.std());
         // Within a chunk the central powers are summed in f32 lanes: agreement to ~1e-6.
         assert!((m.std() / whole.std() - 1.0).abs() < 1e-5);
         assert!((m.excess_kurtosis() - whole.excess_kurtosis()).abs() < 1e-4);
