@@ -9,5 +9,12 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod error;
+pub mod exec;
+pub mod graph;
+pub mod io;
+#[cfg(feature = "onnx")]
+mod onnx;
 
 pub use error::{Error, Result};
+pub use exec::FloatExecutor;
+pub use graph::Graph;
