@@ -404,3 +404,58 @@ fn set_initializer_checks_name_and_shape() {
             .is_err()
     );
 }
+
+#[test]
+fn batch_norm_folds_into_gemm_without_transpose() {
+    // y = BN(x [1,2] . B [2,3] + c [3])
+    let b = [1.0f32, -2.0, 0.5, 3.0, 0.25, -1.0];
+    let c = [0.1f32, -0.2, 0.3];
+    let (gamma, beta, mean, var) = (
+        [1.5f32, 0.5, 2.0],
+        [0.1f32, 0.2, -0.3],
+        [0.05f32, -0.1, 0.2],
+        [0.9f32, 1.1, 0.3],
+    );
+    let raw = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let m = model(
+        &[
+            node("fc", "Gemm", &["x", "B", "C"], &["g"], &[]),
+            node(
+                "bn",
+                "BatchNormalization",
+                &["g", "s", "bb", "m", "v"],
+                &["y"],
+                &[],
+            ),
+        ],
+        &[
+            tensor("B", &[2, 3], &raw(&b)),
+            tensor("C", &[3], &raw(&c)),
+            tensor("s", &[3], &raw(&gamma)),
+            tensor("bb", &[3], &raw(&beta)),
+            tensor("m", &[3], &raw(&mean)),
+            tensor("v", &[3], &raw(&var)),
+        ],
+        &[1, 2],
+        &[1, 3],
+    );
+    let g = Graph::from_onnx_bytes(&m).unwrap();
+    assert_eq!(g.nodes().len(), 1);
+    let x = [0.7f32, -1.3];
+    let y = FloatExecutor::new(&g)
+        .run(
+            ArrayD::from_shape_vec(IxDyn(&[1, 2]), x.to_vec())
+                .unwrap()
+                .view(),
+        )
+        .unwrap();
+    for n in 0..3 {
+        let z = x[0] * b[n] + x[1] * b[3 + n] + c[n];
+        let want = gamma[n] * (z - mean[n]) / (var[n] + 1e-5).sqrt() + beta[n];
+        assert!(
+            (y[[0, n].as_slice()] - want).abs() < 1e-6,
+            "column {n}: {} vs {want}",
+            y[[0, n].as_slice()]
+        );
+    }
+}
