@@ -71,7 +71,7 @@ const LANES: usize = 16;
 /// assert!((a.fit()?.std() / whole.std() - 1.0).abs() < 1e-5);
 /// # Ok::<(), fixq::Error>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FitAccumulator {
     n: u64,
     mean: f64,
@@ -102,13 +102,27 @@ pub(crate) struct Part {
     max: f64,
 }
 
+impl Default for FitAccumulator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FitAccumulator {
     /// An empty accumulator.
     pub fn new() -> Self {
         Self {
+            n: 0,
+            mean: 0.0,
+            m2: 0.0,
+            m3: 0.0,
+            m4: 0.0,
+            zeros: 0,
+            sum_abs: 0.0,
+            sum_ln_abs: 0.0,
+            max_abs: 0.0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
-            ..Self::default()
         }
     }
 

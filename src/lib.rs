@@ -24,15 +24,23 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod calib;
 pub mod dist;
 pub mod error;
+pub mod exec;
 pub mod fixed;
+pub mod graph;
+pub mod io;
 pub mod kernels;
+#[cfg(feature = "onnx")]
+mod onnx;
 mod simd;
 pub mod sqnr;
 pub mod table;
 
 pub use dist::{Fit, FitAccumulator};
 pub use error::{Error, Result};
+pub use exec::FloatExecutor;
 pub use fixed::{Grid, QFormat, QTensor, Quantizer, Rounding, Storage};
+pub use graph::Graph;
 pub use table::Family;

@@ -1,0 +1,199 @@
+//! Calibration: run the float graph over representative inputs and gather a streaming
+//! [`FitAccumulator`] for the graph input and every node output.
+//!
+//! Memory stays bounded whatever the number of images: only the accumulators (a few dozen bytes per
+//! tensor) persist between batches. Two calibrations of disjoint data can be merged
+//! ([`Calibration::merge`]), so batches may be processed in parallel.
+//!
+//! # Example
+//! ```
+//! use fixq::calib::Calibration;
+//! use fixq::exec::FloatExecutor;
+//! use fixq::graph::{Graph, Node, Op, TensorInfo};
+//! use ndarray::{ArrayD, IxDyn};
+//!
+//! let input = TensorInfo { name: "x".into(), shape: vec![None, Some(4)] };
+//! let relu = Node { name: "r".into(), op: Op::Relu, inputs: vec!["x".into()], output: "y".into() };
+//! let graph = Graph::new(input, "y", vec![relu], vec![])?;
+//! let exec = FloatExecutor::new(&graph);
+//! let mut cal = Calibration::new();
+//! let batch = ArrayD::from_shape_vec(IxDyn(&[2, 4]), vec![-1.0, 0.5, 2.0, 0.1, 0.3, -0.2, 1.5, 0.7])?;
+//! cal.observe(&exec, batch.view())?;
+//! assert_eq!(cal.images(), 2);
+//! assert!(cal.fit("y")?.is_non_negative());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::BTreeMap;
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use crate::dist::{Fit, FitAccumulator};
+use crate::error::{Error, Result};
+use crate::exec::FloatExecutor;
+
+/// Progress of a long calibration run, passed to the callback of [`calibrate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Images processed so far.
+    pub images_done: u64,
+    /// Batches processed so far.
+    pub batches_done: u64,
+}
+
+/// Activation statistics of a graph, tensor by tensor.
+#[derive(Debug, Clone, Default)]
+pub struct Calibration {
+    input_name: Option<String>,
+    tensors: BTreeMap<String, FitAccumulator>,
+    images: u64,
+}
+
+impl Calibration {
+    /// An empty calibration.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `batch` (`[N, ...]`, the graph's input shape) through the float graph, adds the input and
+    /// every node output to the statistics, and returns the graph output.
+    ///
+    /// On error nothing is added.
+    ///
+    /// # Errors
+    /// The executor's errors (shape mismatch), [`Error::NonFinite`] if the input or an activation holds
+    /// NaN or ±∞ (naming the tensor), [`Error::Empty`] for an empty batch.
+    pub fn observe(
+        &mut self,
+        exec: &FloatExecutor<'_>,
+        batch: ArrayViewD<'_, f32>,
+    ) -> Result<ArrayD<f32>> {
+        let n = batch.shape().first().copied().unwrap_or(0);
+        if n == 0 || batch.is_empty() {
+            return Err(Error::Empty {
+                what: "calibration batch",
+            });
+        }
+        let input_name = exec.graph().input().name.clone();
+        let mut local: BTreeMap<String, FitAccumulator> = BTreeMap::new();
+        push(&mut local, &input_name, &batch)?;
+        let mut failure: Option<Error> = None;
+        let out = exec.run_with(batch.view(), |name, _, act| {
+            if failure.is_none() {
+                if let Err(e) = push(&mut local, name, act) {
+                    failure = Some(e);
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        for (name, acc) in local {
+            self.tensors
+                .entry(name)
+                .or_default()
+                .merge(&acc);
+        }
+        self.input_name = Some(input_name);
+        self.images += n as u64;
+        Ok(out)
+    }
+
+    /// Merges another calibration (of other images of the same graph) into this one.
+    pub fn merge(&mut self, other: &Calibration) {
+        for (name, acc) in &other.tensors {
+            self.tensors
+                .entry(name.clone())
+                .or_default()
+                .merge(acc);
+        }
+        self.images += other.images;
+        if self.input_name.is_none() {
+            self.input_name.clone_from(&other.input_name);
+        }
+    }
+
+    /// Number of images observed.
+    pub fn images(&self) -> u64 {
+        self.images
+    }
+
+    /// Names of the tensors with statistics (the graph input and every node output).
+    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The raw accumulator of `tensor`, if observed.
+    pub fn accumulator(&self, tensor: &str) -> Option<&FitAccumulator> {
+        self.tensors.get(tensor)
+    }
+
+    /// The fitted distribution of `tensor`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the tensor was never observed; the fit's errors (for example
+    /// [`Error::ZeroVariance`] for a dead layer whose outputs are all zero).
+    pub fn fit(&self, tensor: &str) -> Result<Fit> {
+        self.tensors
+            .get(tensor)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "tensor",
+                reason: format!("no calibration statistics for tensor '{tensor}'"),
+            })?
+            .fit()
+    }
+}
+
+fn push(
+    map: &mut BTreeMap<String, FitAccumulator>,
+    name: &str,
+    x: &ArrayViewD<'_, f32>,
+) -> Result<()> {
+    let acc = map
+        .entry(name.to_string())
+        .or_default();
+    let r = match x.as_slice() {
+        Some(s) => acc.push_slice(s),
+        None => acc.push_slice(&x.iter().copied().collect::<Vec<f32>>()),
+    };
+    r.map_err(|e| match e {
+        Error::NonFinite { index, value, .. } => Error::InvalidArgument {
+            name: "activation",
+            reason: format!(
+                "tensor '{name}' holds the non-finite value {value} at flat index {index}"
+            ),
+        },
+        other => other,
+    })
+}
+
+/// Calibrates over an iterator of batches, calling `progress` after each one.
+///
+/// # Errors
+/// As [`Calibration::observe`]; [`Error::Empty`] if the iterator yields no batch.
+pub fn calibrate<'a, I, P>(
+    exec: &FloatExecutor<'_>,
+    batches: I,
+    mut progress: P,
+) -> Result<Calibration>
+where
+    I: IntoIterator<Item = ArrayViewD<'a, f32>>,
+    P: FnMut(Progress),
+{
+    let mut cal = Calibration::new();
+    let mut batches_done = 0;
+    for batch in batches {
+        cal.observe(exec, batch)?;
+        batches_done += 1;
+        progress(Progress {
+            images_done: cal.images,
+            batches_done,
+        });
+    }
+    if batches_done == 0 {
+        return Err(Error::Empty {
+            what: "calibration batches",
+        });
+    }
+    Ok(cal)
+}

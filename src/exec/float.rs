@@ -1,0 +1,241 @@
+//! The `f32` reference executor.
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use super::ops;
+use crate::error::Result;
+use crate::graph::{Graph, Op};
+
+/// Where a node input comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source<'g> {
+    Input,
+    Initializer(&'g ArrayD<f32>),
+    Node(usize),
+}
+
+/// Runs a [`Graph`] in `f32`, NCHW, for any batch size `N >= 1`.
+///
+/// Convolutions are lowered to matrix products (im2col per image and group, then `sgemm` from the
+/// `matrixmultiply` crate through [`ndarray::linalg::general_mat_mul`]); 1x1 stride-1 unpadded
+/// convolutions skip im2col. Intermediate activations are freed after their last reader.
+///
+/// # Examples
+/// ```
+/// use fixq::graph::{Graph, Node, Op, TensorInfo};
+/// use fixq::exec::FloatExecutor;
+/// use ndarray::{ArrayD, IxDyn};
+///
+/// let input = TensorInfo { name: "x".into(), shape: vec![None, Some(3)] };
+/// let relu = Node { name: "r".into(), op: Op::Relu, inputs: vec!["x".into()], output: "y".into() };
+/// let graph = Graph::new(input, "y", vec![relu], vec![]).unwrap();
+/// let exec = FloatExecutor::new(&graph);
+/// let x = ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![-1.0, 0.5, 2.0]).unwrap();
+/// let mut seen = Vec::new();
+/// let y = exec.run_with(x.view(), |name, node, act| seen.push((name.to_string(), node, act.len()))).unwrap();
+/// assert_eq!(y.as_slice().unwrap(), &[0.0, 0.5, 2.0]);
+/// assert_eq!(seen, vec![("y".to_string(), 0, 3)]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct FloatExecutor<'g> {
+    graph: &'g Graph,
+    sources: Vec<Vec<Source<'g>>>,
+    /// Node outputs that can be dropped after each node runs.
+    frees: Vec<Vec<usize>>,
+    output: Source<'g>,
+}
+
+impl<'g> FloatExecutor<'g> {
+    /// Prepares `graph` for execution. Cannot fail: the graph was validated when built.
+    pub fn new(graph: &'g Graph) -> Self {
+        let nodes = graph.nodes();
+        let resolve = |name: &str, before: usize| -> Source<'g> {
+            if let Some(j) = nodes[..before].iter().rposition(|n| n.output == name) {
+                Source::Node(j)
+            } else if let Some(a) = graph.initializer(name) {
+                Source::Initializer(a)
+            } else {
+                Source::Input
+            }
+        };
+        let sources: Vec<Vec<Source<'g>>> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.inputs.iter().map(|name| resolve(name, i)).collect())
+            .collect();
+        let output = resolve(&graph.output().name, nodes.len());
+        let mut last_use: Vec<Option<usize>> = vec![None; nodes.len()];
+        for (i, srcs) in sources.iter().enumerate() {
+            for s in srcs {
+                if let Source::Node(j) = *s {
+                    last_use[j] = Some(i);
+                }
+            }
+        }
+        let mut frees = vec![Vec::new(); nodes.len()];
+        for (j, last) in last_use.iter().enumerate() {
+            let keep = matches!(output, Source::Node(o) if o == j);
+            if let (Some(i), false) = (last, keep) {
+                frees[*i].push(j);
+            }
+        }
+        FloatExecutor {
+            graph,
+            sources,
+            frees,
+            output,
+        }
+    }
+
+    /// The graph being run.
+    pub fn graph(&self) -> &'g Graph {
+        self.graph
+    }
+
+    /// Runs the graph on `input` (shape must fit the graph's declared input shape) and returns the
+    /// output.
+    ///
+    /// # Errors
+    /// `ShapeMismatch` (or `Unsupported`) from [`Graph::infer_shapes`] if `input`'s shape does not
+    /// fit; nothing is computed in that case.
+    pub fn run(&self, input: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+        self.run_with(input, |_, _, _| {})
+    }
+
+    /// As [`FloatExecutor::run`], calling `observer(tensor_name, node_index, activation)` on the output
+    /// of every node, in execution order, as soon as it is computed (the graph input itself is not
+    /// passed). Calibration uses this to feed statistics accumulators.
+    ///
+    /// # Errors
+    /// As [`FloatExecutor::run`].
+    pub fn run_with<F>(&self, input: ArrayViewD<'_, f32>, mut observer: F) -> Result<ArrayD<f32>>
+    where
+        F: FnMut(&str, usize, &ArrayViewD<'_, f32>),
+    {
+        let shapes = self.graph.infer_shapes(input.shape())?;
+        let mut values: Vec<Option<ArrayD<f32>>> = vec![None; self.graph.nodes().len()];
+        for (i, node) in self.graph.nodes().iter().enumerate() {
+            // Element-wise unary ops reuse their input's buffer when this node is its last reader.
+            if let Some(j) = self.in_place_source(i) {
+                if let Some(mut out) = values[j].take() {
+                    apply_unary(&node.op, &mut out);
+                    observer(&node.output, i, &out.view());
+                    values[i] = Some(out);
+                    continue;
+                }
+            }
+            let args: Vec<ArrayViewD<'_, f32>> = self.sources[i]
+                .iter()
+                .map(|s| match *s {
+                    Source::Input => Ok(input.view()),
+                    Source::Initializer(a) => Ok(a.view()),
+                    Source::Node(j) => values[j]
+                        .as_ref()
+                        .map(ArrayD::view)
+                        .ok_or_else(|| freed(node.name.as_str())),
+                })
+                .collect::<Result<_>>()?;
+            let out = eval(&node.op, &args, &shapes[i])?;
+            drop(args);
+            observer(&node.output, i, &out.view());
+            values[i] = Some(out);
+            for &j in &self.frees[i] {
+                values[j] = None;
+            }
+        }
+        match self.output {
+            Source::Input => Ok(input.to_owned()),
+            Source::Initializer(a) => Ok(a.clone()),
+            Source::Node(j) => values[j].take().ok_or_else(|| freed("output")),
+        }
+    }
+}
+
+impl FloatExecutor<'_> {
+    /// The node whose output node `i` may overwrite: `i` is element-wise unary and the last reader.
+    fn in_place_source(&self, i: usize) -> Option<usize> {
+        let unary = matches!(
+            self.graph.nodes()[i].op,
+            Op::Relu | Op::Clip { .. } | Op::Identity
+        );
+        match self.sources[i][..] {
+            [Source::Node(j)] if unary && self.frees[i].contains(&j) => Some(j),
+            _ => None,
+        }
+    }
+}
+
+/// Applies an element-wise unary op in place (identity for anything else).
+fn apply_unary(op: &Op, x: &mut ArrayD<f32>) {
+    match *op {
+        Op::Relu => x.mapv_inplace(|v| if v < 0.0 { 0.0 } else { v }),
+        Op::Clip { min, max } => x.mapv_inplace(|v| clip(v, min, max)),
+        _ => {}
+    }
+}
+
+/// `min(max(v, min), max)`, keeping NaN.
+fn clip(v: f32, min: f32, max: f32) -> f32 {
+    if v < min {
+        min
+    } else if v > max {
+        max
+    } else {
+        v
+    }
+}
+
+/// An internal invariant broke (a value was freed too early); reported rather than panicking.
+fn freed(what: &str) -> crate::Error {
+    crate::Error::InvalidArgument {
+        name: "graph",
+        reason: format!("internal: value for '{what}' was not available"),
+    }
+}
+
+/// Evaluates one operator on validated inputs; `out_shape` comes from shape inference.
+fn eval(op: &Op, x: &[ArrayViewD<'_, f32>], out_shape: &[usize]) -> Result<ArrayD<f32>> {
+    match op {
+        Op::Conv {
+            stride,
+            pad,
+            dilation,
+            groups,
+        } => ops::conv2d(
+            &x[0],
+            &x[1],
+            x.get(2),
+            *stride,
+            *pad,
+            *dilation,
+            *groups,
+            out_shape,
+        ),
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a,
+            trans_b,
+        } => ops::gemm(&x[0], &x[1], x.get(2), *alpha, *beta, *trans_a, *trans_b),
+        Op::MatMul => ops::matmul(&x[0], &x[1], out_shape),
+        Op::Add => ops::add(&x[0], &x[1], out_shape),
+        Op::Relu => Ok(x[0].mapv(|v| if v < 0.0 { 0.0 } else { v })),
+        Op::Clip { min, max } => Ok(x[0].mapv(|v| clip(v, *min, *max))),
+        Op::MaxPool(p) => ops::max_pool(&x[0], p, out_shape),
+        Op::AveragePool {
+            pool,
+            count_include_pad,
+        } => ops::average_pool(&x[0], pool, *count_include_pad, out_shape),
+        Op::GlobalAveragePool => ops::global_average_pool(&x[0], out_shape),
+        Op::Flatten { .. } | Op::Reshape { .. } => ops::reshape(&x[0], out_shape),
+        Op::Slice {
+            starts,
+            ends,
+            axes,
+            steps,
+        } => ops::slice(&x[0], starts, ends, axes, steps),
+        Op::Pad { pads, value } => ops::pad(&x[0], pads, *value, out_shape),
+        Op::Concat { axis } => ops::concat(x, *axis),
+        Op::Identity => Ok(x[0].to_owned()),
+    }
+}

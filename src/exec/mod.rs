@@ -1,0 +1,9 @@
+//! Executors that run a [`Graph`](crate::graph::Graph).
+//!
+//! [`FloatExecutor`] is the `f32` reference: it defines what every operator computes, and is the
+//! baseline that fixed-point execution is compared with.
+
+pub mod float;
+pub(crate) mod ops;
+
+pub use float::FloatExecutor;

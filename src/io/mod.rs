@@ -1,0 +1,38 @@
+//! Readers for data sets and weights: IDX (MNIST), NumPy `.npy`, and `.safetensors`.
+//!
+//! Every reader checks the sizes its header claims against the bytes actually present before
+//! allocating, and reports `Malformed { format, offset, reason }` for truncated or corrupt input.
+//! Nothing here panics on bad data.
+
+pub mod idx;
+mod json;
+pub mod npy;
+pub mod safetensors;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Reads a whole file, attaching the path to I/O errors.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// A `Malformed` error for `format` at `offset`.
+pub(crate) fn malformed(format: &'static str, offset: usize, reason: impl Into<String>) -> Error {
+    Error::Malformed {
+        format,
+        offset: offset as u64,
+        reason: reason.into(),
+    }
+}
+
+/// Product of `dims` times `elem_size`, or `None` on overflow (or beyond `isize::MAX`).
+pub(crate) fn byte_len(dims: &[usize], elem_size: usize) -> Option<usize> {
+    dims.iter()
+        .try_fold(elem_size, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= isize::MAX as usize)
+}

@@ -1,0 +1,853 @@
+//! ONNX import: a hand-written protocol-buffer reader and the mapping from ONNX nodes to [`Op`]s.
+//!
+//! Entry points are [`Graph::from_onnx_file`] and [`Graph::from_onnx_bytes`]. Supported operators,
+//! attributes and the BatchNormalization folding rule are listed in `docs/onnx.md`.
+//!
+//! Import resolves every shape-like input (Reshape's shape, Slice's starts/ends/axes/steps, Pad's
+//! pads, Clip's bounds) from initializers or `Constant` nodes into typed attributes, folds each
+//! BatchNormalization into the Conv or Gemm before it, turns Dropout into Identity, and drops
+//! initializers that no remaining node reads.
+
+mod proto;
+mod wire;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ndarray::{ArrayD, IxDyn};
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Node, Op, Pool2d, TensorInfo};
+use proto::{AttributeProto, NodeProto, TensorProto, attr_type};
+use wire::malformed;
+
+/// Oldest default-domain opset accepted (opset 7 dropped the legacy `consumed_inputs`/broadcast
+/// attributes whose semantics import does not model).
+const MIN_OPSET: i64 = 7;
+
+impl Graph {
+    /// Reads an ONNX model file (feature `onnx`).
+    ///
+    /// # Errors
+    /// - `Io` if the file cannot be read.
+    /// - everything [`Graph::from_onnx_bytes`] reports.
+    pub fn from_onnx_file(path: impl AsRef<Path>) -> Result<Graph> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Graph::from_onnx_bytes(&bytes)
+    }
+
+    /// Decodes a serialized ONNX `ModelProto` (feature `onnx`).
+    ///
+    /// # Errors
+    /// - `Malformed { format: "onnx", offset, .. }` for truncated or corrupt bytes (a length that
+    ///   runs past the end, a bad varint, tensor data that does not match its shape, ...).
+    /// - `Unsupported` naming the node and operator for an operator, attribute value or data type
+    ///   outside the supported set, e.g. `node 'up1' (op ConvTranspose): unsupported op`.
+    /// - `InvalidArgument` / `ShapeMismatch` if the decoded graph fails validation
+    ///   (see [`Graph::new`]).
+    ///
+    /// # Examples
+    /// ```
+    /// let err = fixq::Graph::from_onnx_bytes(&[0x3a, 0x05, 0x0a]).unwrap_err();
+    /// assert!(err.to_string().contains("malformed onnx"));
+    /// ```
+    pub fn from_onnx_bytes(bytes: &[u8]) -> Result<Graph> {
+        let model = proto::model(bytes)?;
+        let Some(graph) = model.graph else {
+            return Err(malformed(bytes.len() as u64, "the model has no graph"));
+        };
+        match model.opset {
+            None => {
+                return Err(malformed(
+                    bytes.len() as u64,
+                    "the model imports no default-domain opset",
+                ));
+            }
+            Some(v) if v < MIN_OPSET => {
+                return Err(Error::Unsupported(format!(
+                    "opset {v} (fixq reads opset {MIN_OPSET} and later)"
+                )));
+            }
+            Some(_) => {}
+        }
+        Importer::default().run(graph)
+    }
+}
+
+enum Constant {
+    F32(ArrayD<f32>),
+    I64(ArrayD<i64>),
+}
+
+/// Converts a tensor, checking its claimed size against the bytes actually present before
+/// allocating anything.
+fn constant(t: &TensorProto<'_>, what: &str) -> Result<Constant> {
+    if t.external {
+        return Err(Error::Unsupported(format!(
+            "{what}: tensor data stored outside the file"
+        )));
+    }
+    let mut dims = Vec::with_capacity(t.dims.len());
+    for &d in &t.dims {
+        dims.push(
+            usize::try_from(d)
+                .map_err(|_| malformed(t.offset, format!("{what}: negative dimension {d}")))?,
+        );
+    }
+    let count = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= isize::MAX as usize / 8)
+        .ok_or_else(|| {
+            malformed(
+                t.offset,
+                format!("{what}: element count of shape {dims:?} overflows"),
+            )
+        })?;
+    let short = |found: usize, unit: &str, at: u64| {
+        malformed(
+            at,
+            format!(
+                "{what}: shape {dims:?} needs {count} elements but the data holds {found} {unit}"
+            ),
+        )
+    };
+    match t.data_type {
+        proto::DT_FLOAT => {
+            let data = match t.raw_data {
+                Some((raw, at)) if raw.len() != count * 4 => {
+                    return Err(short(raw.len(), "bytes", at));
+                }
+                Some((raw, _)) => raw
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                None if t.float_data.len() != count => {
+                    return Err(short(t.float_data.len(), "floats", t.offset));
+                }
+                None => t.float_data.clone(),
+            };
+            let array = ArrayD::from_shape_vec(IxDyn(&dims), data)
+                .map_err(|e| malformed(t.offset, format!("{what}: {e}")))?;
+            Ok(Constant::F32(array))
+        }
+        proto::DT_INT64 => {
+            let data = match t.raw_data {
+                Some((raw, at)) if raw.len() != count * 8 => {
+                    return Err(short(raw.len(), "bytes", at));
+                }
+                Some((raw, _)) => raw
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                    .collect(),
+                None if t.int64_data.len() != count => {
+                    return Err(short(t.int64_data.len(), "int64s", t.offset));
+                }
+                None => t.int64_data.clone(),
+            };
+            let array = ArrayD::from_shape_vec(IxDyn(&dims), data)
+                .map_err(|e| malformed(t.offset, format!("{what}: {e}")))?;
+            Ok(Constant::I64(array))
+        }
+        other => Err(Error::Unsupported(format!(
+            "{what}: data type {} (only FLOAT weights and INT64 shapes are supported)",
+            dtype_name(other)
+        ))),
+    }
+}
+
+fn dtype_name(code: i32) -> String {
+    let names = [
+        "UNDEFINED",
+        "FLOAT",
+        "UINT8",
+        "INT8",
+        "UINT16",
+        "INT16",
+        "INT32",
+        "INT64",
+        "STRING",
+        "BOOL",
+        "FLOAT16",
+        "DOUBLE",
+        "UINT32",
+        "UINT64",
+        "COMPLEX64",
+        "COMPLEX128",
+        "BFLOAT16",
+    ];
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| names.get(i))
+        .map_or_else(|| format!("#{code}"), |s| (*s).to_string())
+}
+
+/// One ONNX node being converted, with its label for messages.
+struct NodeCtx<'n, 'a> {
+    proto: &'n NodeProto<'a>,
+    label: String,
+}
+
+impl NodeCtx<'_, '_> {
+    fn unsupported(&self, what: impl std::fmt::Display) -> Error {
+        Error::Unsupported(format!("{}: {what}", self.label))
+    }
+
+    fn invalid(&self, what: impl std::fmt::Display) -> Error {
+        Error::InvalidArgument {
+            name: "onnx node",
+            reason: format!("{}: {what}", self.label),
+        }
+    }
+
+    /// Rejects attributes outside `known`.
+    fn only_attributes(&self, known: &[&str]) -> Result<()> {
+        match self
+            .proto
+            .attributes
+            .iter()
+            .find(|a| !known.contains(&a.name.as_str()))
+        {
+            Some(a) => Err(self.unsupported(format!("unsupported attribute '{}'", a.name))),
+            None => Ok(()),
+        }
+    }
+
+    fn attr(&self, name: &str, kind: i64) -> Result<Option<&AttributeProto<'_>>> {
+        match self.proto.attributes.iter().find(|a| a.name == name) {
+            Some(a) if a.kind != kind && a.kind != 0 => Err(self.invalid(format!(
+                "attribute '{name}' has type {} instead of {kind}",
+                a.kind
+            ))),
+            found => Ok(found),
+        }
+    }
+
+    fn int(&self, name: &str, default: i64) -> Result<i64> {
+        Ok(self.attr(name, attr_type::INT)?.map_or(default, |a| a.i))
+    }
+
+    fn float(&self, name: &str, default: f32) -> Result<f32> {
+        Ok(self.attr(name, attr_type::FLOAT)?.map_or(default, |a| a.f))
+    }
+
+    fn ints(&self, name: &str) -> Result<Option<Vec<i64>>> {
+        Ok(self.attr(name, attr_type::INTS)?.map(|a| a.ints.clone()))
+    }
+
+    fn string(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .attr(name, attr_type::STRING)?
+            .map(|a| String::from_utf8_lossy(&a.s).into_owned()))
+    }
+
+    /// A list attribute of exactly `n` non-negative values, or `default`.
+    fn sizes<const N: usize>(&self, name: &str, default: [usize; N]) -> Result<[usize; N]> {
+        let Some(v) = self.ints(name)? else {
+            return Ok(default);
+        };
+        if v.len() != N {
+            return Err(self.unsupported(format!(
+                "attribute '{name}' has {} values; only 2-D (NCHW) operators are supported",
+                v.len()
+            )));
+        }
+        let mut out = default;
+        for (o, &x) in out.iter_mut().zip(&v) {
+            *o = usize::try_from(x)
+                .map_err(|_| self.invalid(format!("attribute '{name}' holds {x}")))?;
+        }
+        Ok(out)
+    }
+
+    /// Accepts `auto_pad` NOTSET (or VALID, which means no padding) only.
+    fn explicit_pads(&self) -> Result<[usize; 4]> {
+        match self.string("auto_pad")?.as_deref() {
+            None | Some("NOTSET") | Some("") => self.sizes("pads", [0; 4]),
+            Some("VALID") => Ok([0; 4]),
+            Some(other) => {
+                Err(self.unsupported(format!("auto_pad '{other}' (only NOTSET and VALID)")))
+            }
+        }
+    }
+
+    /// The `i`-th input name if present and non-empty.
+    fn input(&self, i: usize) -> Option<&str> {
+        self.proto
+            .inputs
+            .get(i)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    fn required_input(&self, i: usize) -> Result<String> {
+        self.input(i)
+            .map(str::to_owned)
+            .ok_or_else(|| self.invalid(format!("input {i} is missing")))
+    }
+}
+
+#[derive(Default)]
+struct Importer {
+    floats: HashMap<String, ArrayD<f32>>,
+    ints: HashMap<String, ArrayD<i64>>,
+    nodes: Vec<Node>,
+    /// Number of node inputs and graph outputs that read each name.
+    uses: HashMap<String, usize>,
+}
+
+impl Importer {
+    fn run(mut self, graph: proto::GraphProto<'_>) -> Result<Graph> {
+        for t in graph.initializers {
+            let name = t.name.clone();
+            match constant(&t, &format!("initializer '{name}'"))? {
+                Constant::F32(a) => {
+                    self.floats.insert(name, a);
+                }
+                Constant::I64(a) => {
+                    self.ints.insert(name, a);
+                }
+            }
+        }
+        for n in &graph.nodes {
+            for i in n.inputs.iter().filter(|s| !s.is_empty()) {
+                *self.uses.entry(i.clone()).or_default() += 1;
+            }
+        }
+        for o in &graph.outputs {
+            *self.uses.entry(o.name.clone()).or_default() += 1;
+        }
+        let inputs: Vec<_> = graph
+            .inputs
+            .iter()
+            .filter(|v| !self.floats.contains_key(&v.name) && !self.ints.contains_key(&v.name))
+            .collect();
+        let [input] = inputs[..] else {
+            return Err(Error::Unsupported(format!(
+                "the model has {} non-initializer inputs; exactly one is supported",
+                inputs.len()
+            )));
+        };
+        if input.elem_type != proto::DT_FLOAT {
+            return Err(Error::Unsupported(format!(
+                "input '{}' has data type {}; only FLOAT is supported",
+                input.name,
+                dtype_name(input.elem_type)
+            )));
+        }
+        let Some(dims) = &input.shape else {
+            return Err(Error::Unsupported(format!(
+                "input '{}' has no declared shape",
+                input.name
+            )));
+        };
+        let input = TensorInfo {
+            name: input.name.clone(),
+            shape: dims
+                .iter()
+                .map(|d| d.and_then(|d| usize::try_from(d).ok()).filter(|&d| d > 0))
+                .collect(),
+        };
+        let [output] = &graph.outputs[..] else {
+            return Err(Error::Unsupported(format!(
+                "the model has {} outputs; exactly one is supported",
+                graph.outputs.len()
+            )));
+        };
+        for (i, n) in graph.nodes.iter().enumerate() {
+            let label = if n.name.is_empty() {
+                format!("node '{}_{i}' (op {})", n.op_type, n.op_type)
+            } else {
+                format!("node '{}' (op {})", n.name, n.op_type)
+            };
+            let ctx = NodeCtx { proto: n, label };
+            let name = if n.name.is_empty() {
+                format!("{}_{i}", n.op_type)
+            } else {
+                n.name.clone()
+            };
+            self.node(&ctx, name)?;
+        }
+        let mut inits = Vec::new();
+        for node in &self.nodes {
+            for name in &node.inputs {
+                if let Some(a) = self.floats.remove(name) {
+                    inits.push((name.clone(), a));
+                }
+            }
+        }
+        let graph = Graph::new(input, output.name.clone(), self.nodes, inits)?;
+        if let (Some(declared), true) = (
+            &output.shape,
+            graph.output().shape.iter().all(Option::is_some),
+        ) {
+            let inferred = &graph.output().shape;
+            let differs = declared.len() != inferred.len()
+                || declared.iter().zip(inferred).any(|(d, i)| matches!((d, i), (Some(d), Some(i)) if usize::try_from(*d).ok() != Some(*i)));
+            if differs {
+                return Err(Error::ShapeMismatch {
+                    what: format!("output '{}'", output.name),
+                    expected: format!("{declared:?} (declared in the model)"),
+                    found: format!("{inferred:?} (inferred)"),
+                });
+            }
+        }
+        Ok(graph)
+    }
+
+    fn int_const(&self, ctx: &NodeCtx<'_, '_>, i: usize) -> Result<Option<Vec<i64>>> {
+        let Some(name) = ctx.input(i) else {
+            return Ok(None);
+        };
+        match self.ints.get(name) {
+            Some(a) => Ok(Some(a.iter().copied().collect())),
+            None => Err(ctx.unsupported(format!("input '{name}' must be a constant INT64 tensor"))),
+        }
+    }
+
+    fn float_scalar(&self, ctx: &NodeCtx<'_, '_>, i: usize) -> Result<Option<f32>> {
+        let Some(name) = ctx.input(i) else {
+            return Ok(None);
+        };
+        match self.floats.get(name) {
+            Some(a) if a.len() == 1 => Ok(a.iter().next().copied()),
+            _ => Err(ctx.unsupported(format!("input '{name}' must be a constant FLOAT scalar"))),
+        }
+    }
+
+    /// Rejects extra outputs (e.g. MaxPool indices, Dropout mask) that anything reads.
+    fn single_output(&self, ctx: &NodeCtx<'_, '_>) -> Result<String> {
+        let outs = &ctx.proto.outputs;
+        let first = outs
+            .first()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ctx.invalid("no output"))?;
+        if let Some(extra) = outs[1..]
+            .iter()
+            .find(|o| !o.is_empty() && self.uses.get(*o).copied().unwrap_or(0) > 0)
+        {
+            return Err(ctx.unsupported(format!(
+                "output '{extra}' is read, but only the first output is supported"
+            )));
+        }
+        Ok(first.clone())
+    }
+
+    fn push(&mut self, name: String, op: Op, inputs: Vec<String>, output: String) {
+        self.nodes.push(Node {
+            name,
+            op,
+            inputs,
+            output,
+        });
+    }
+
+    fn node(&mut self, ctx: &NodeCtx<'_, '_>, name: String) -> Result<()> {
+        let n = ctx.proto;
+        if !(n.domain.is_empty() || n.domain == "ai.onnx") {
+            return Err(ctx.unsupported(format!("operator domain '{}'", n.domain)));
+        }
+        let data_inputs = |count: usize| -> Result<Vec<String>> {
+            (0..count).map(|i| ctx.required_input(i)).collect()
+        };
+        let op_type = n.op_type.as_str();
+        if op_type == "Constant" {
+            return self.constant_node(ctx);
+        }
+        if op_type == "BatchNormalization" {
+            return self.fold_batch_norm(ctx);
+        }
+        let output = self.single_output(ctx)?;
+        let (op, inputs) = match op_type {
+            "Conv" => {
+                ctx.only_attributes(&[
+                    "auto_pad",
+                    "dilations",
+                    "group",
+                    "kernel_shape",
+                    "pads",
+                    "strides",
+                ])?;
+                let pad = ctx.explicit_pads()?;
+                let groups = usize::try_from(ctx.int("group", 1)?)
+                    .map_err(|_| ctx.invalid("negative group"))?;
+                let mut inputs = data_inputs(2)?;
+                if let Some(b) = ctx.input(2) {
+                    inputs.push(b.to_owned());
+                }
+                for w in &inputs[1..] {
+                    if !self.floats.contains_key(w) {
+                        return Err(ctx.unsupported(format!(
+                            "weights/bias '{w}' are not a constant initializer"
+                        )));
+                    }
+                }
+                let op = Op::Conv {
+                    stride: ctx.sizes("strides", [1, 1])?,
+                    pad,
+                    dilation: ctx.sizes("dilations", [1, 1])?,
+                    groups,
+                };
+                (op, inputs)
+            }
+            "Gemm" => {
+                ctx.only_attributes(&["alpha", "beta", "transA", "transB"])?;
+                let mut inputs = data_inputs(2)?;
+                if let Some(c) = ctx.input(2) {
+                    inputs.push(c.to_owned());
+                }
+                let op = Op::Gemm {
+                    alpha: ctx.float("alpha", 1.0)?,
+                    beta: ctx.float("beta", 1.0)?,
+                    trans_a: ctx.int("transA", 0)? != 0,
+                    trans_b: ctx.int("transB", 0)? != 0,
+                };
+                (op, inputs)
+            }
+            "MatMul" | "Add" => {
+                ctx.only_attributes(&[])?;
+                (
+                    if op_type == "Add" {
+                        Op::Add
+                    } else {
+                        Op::MatMul
+                    },
+                    data_inputs(2)?,
+                )
+            }
+            "Relu" | "Identity" | "GlobalAveragePool" => {
+                ctx.only_attributes(&[])?;
+                let op = match op_type {
+                    "Relu" => Op::Relu,
+                    "Identity" => Op::Identity,
+                    _ => Op::GlobalAveragePool,
+                };
+                (op, data_inputs(1)?)
+            }
+            "Dropout" => {
+                ctx.only_attributes(&["ratio", "seed", "is_test"])?;
+                (Op::Identity, data_inputs(1)?)
+            }
+            "Clip" => {
+                ctx.only_attributes(&["min", "max"])?;
+                let min = match self.float_scalar(ctx, 1)? {
+                    Some(v) => v,
+                    None => ctx.float("min", f32::NEG_INFINITY)?,
+                };
+                let max = match self.float_scalar(ctx, 2)? {
+                    Some(v) => v,
+                    None => ctx.float("max", f32::INFINITY)?,
+                };
+                (Op::Clip { min, max }, data_inputs(1)?)
+            }
+            "MaxPool" | "AveragePool" => {
+                let mut known = vec![
+                    "auto_pad",
+                    "ceil_mode",
+                    "dilations",
+                    "kernel_shape",
+                    "pads",
+                    "strides",
+                ];
+                known.push(if op_type == "MaxPool" {
+                    "storage_order"
+                } else {
+                    "count_include_pad"
+                });
+                ctx.only_attributes(&known)?;
+                if ctx.ints("kernel_shape")?.is_none() {
+                    return Err(ctx.invalid("attribute 'kernel_shape' is required"));
+                }
+                let pool = Pool2d {
+                    kernel: ctx.sizes("kernel_shape", [1, 1])?,
+                    stride: ctx.sizes("strides", [1, 1])?,
+                    pad: ctx.explicit_pads()?,
+                    dilation: ctx.sizes("dilations", [1, 1])?,
+                    ceil_mode: ctx.int("ceil_mode", 0)? != 0,
+                };
+                let op = if op_type == "MaxPool" {
+                    Op::MaxPool(pool)
+                } else {
+                    Op::AveragePool {
+                        pool,
+                        count_include_pad: ctx.int("count_include_pad", 0)? != 0,
+                    }
+                };
+                (op, data_inputs(1)?)
+            }
+            "Flatten" => {
+                ctx.only_attributes(&["axis"])?;
+                (
+                    Op::Flatten {
+                        axis: ctx.int("axis", 1)?,
+                    },
+                    data_inputs(1)?,
+                )
+            }
+            "Reshape" => {
+                ctx.only_attributes(&["allowzero", "shape"])?;
+                let shape = match ctx.ints("shape")? {
+                    Some(s) => s,
+                    None => self
+                        .int_const(ctx, 1)?
+                        .ok_or_else(|| ctx.invalid("no target shape"))?,
+                };
+                (
+                    Op::Reshape {
+                        shape,
+                        allow_zero: ctx.int("allowzero", 0)? != 0,
+                    },
+                    data_inputs(1)?,
+                )
+            }
+            "Slice" => {
+                ctx.only_attributes(&["starts", "ends", "axes"])?;
+                let (starts, ends, axes, steps) = match ctx.ints("starts")? {
+                    Some(starts) => (
+                        starts,
+                        ctx.ints("ends")?.unwrap_or_default(),
+                        ctx.ints("axes")?,
+                        None,
+                    ),
+                    None => (
+                        self.int_const(ctx, 1)?
+                            .ok_or_else(|| ctx.invalid("no starts"))?,
+                        self.int_const(ctx, 2)?
+                            .ok_or_else(|| ctx.invalid("no ends"))?,
+                        self.int_const(ctx, 3)?,
+                        self.int_const(ctx, 4)?,
+                    ),
+                };
+                let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
+                let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
+                (
+                    Op::Slice {
+                        starts,
+                        ends,
+                        axes,
+                        steps,
+                    },
+                    data_inputs(1)?,
+                )
+            }
+            "Pad" => {
+                ctx.only_attributes(&["mode", "pads", "value"])?;
+                if let Some(mode) = ctx.string("mode")? {
+                    if mode != "constant" {
+                        return Err(ctx.unsupported(format!("mode '{mode}' (only constant)")));
+                    }
+                }
+                if ctx.input(3).is_some() {
+                    return Err(ctx.unsupported("the 'axes' input"));
+                }
+                let (pads, value) = match ctx.ints("pads")? {
+                    Some(p) => (p, ctx.float("value", 0.0)?),
+                    None => (
+                        self.int_const(ctx, 1)?
+                            .ok_or_else(|| ctx.invalid("no pads"))?,
+                        self.float_scalar(ctx, 2)?.unwrap_or(0.0),
+                    ),
+                };
+                (Op::Pad { pads, value }, data_inputs(1)?)
+            }
+            "Concat" => {
+                ctx.only_attributes(&["axis"])?;
+                let Some(axis) = ctx.attr("axis", attr_type::INT)?.map(|a| a.i) else {
+                    return Err(ctx.invalid("attribute 'axis' is required"));
+                };
+                let inputs = data_inputs(n.inputs.len())?;
+                (Op::Concat { axis }, inputs)
+            }
+            _ => return Err(ctx.unsupported("unsupported op")),
+        };
+        self.push(name, op, inputs, output);
+        Ok(())
+    }
+
+    fn constant_node(&mut self, ctx: &NodeCtx<'_, '_>) -> Result<()> {
+        let output = self.single_output(ctx)?;
+        let [a] = &ctx.proto.attributes[..] else {
+            return Err(ctx.invalid("a Constant needs exactly one attribute"));
+        };
+        let scalar = IxDyn(&[]);
+        let value = match (a.name.as_str(), a.kind) {
+            ("value", attr_type::TENSOR) | ("value", 0) => {
+                let Some(t) = &a.t else {
+                    return Err(ctx.invalid("attribute 'value' holds no tensor"));
+                };
+                constant(t, &ctx.label)?
+            }
+            ("value_float", _) => Constant::F32(ArrayD::from_elem(scalar, a.f)),
+            ("value_int", _) => Constant::I64(ArrayD::from_elem(scalar, a.i)),
+            ("value_floats", _) => Constant::F32(
+                ArrayD::from_shape_vec(IxDyn(&[a.floats.len()]), a.floats.clone())
+                    .map_err(|e| ctx.invalid(e))?,
+            ),
+            ("value_ints", _) => Constant::I64(
+                ArrayD::from_shape_vec(IxDyn(&[a.ints.len()]), a.ints.clone())
+                    .map_err(|e| ctx.invalid(e))?,
+            ),
+            (other, _) => return Err(ctx.unsupported(format!("constant attribute '{other}'"))),
+        };
+        match value {
+            Constant::F32(v) => {
+                self.floats.insert(output, v);
+            }
+            Constant::I64(v) => {
+                self.ints.insert(output, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds `y = gamma * (x - mean) / sqrt(var + eps) + beta` into the Conv or Gemm producing `x`:
+    /// with `s = gamma / sqrt(var + eps)` per output channel, `W' = s * W` and `b' = s * (b - mean) + beta`.
+    fn fold_batch_norm(&mut self, ctx: &NodeCtx<'_, '_>) -> Result<()> {
+        ctx.only_attributes(&[
+            "epsilon",
+            "momentum",
+            "spatial",
+            "training_mode",
+            "consumed_inputs",
+            "is_test",
+        ])?;
+        if ctx.int("training_mode", 0)? != 0 || ctx.int("spatial", 1)? != 1 {
+            return Err(ctx.unsupported("training_mode or non-spatial BatchNormalization"));
+        }
+        let output = self.single_output(ctx)?;
+        let epsilon = f64::from(ctx.float("epsilon", 1e-5)?);
+        let x = ctx.required_input(0)?;
+        let mut params = Vec::with_capacity(4);
+        for i in 1..5 {
+            let name = ctx.required_input(i)?;
+            match self.floats.get(&name) {
+                Some(a) if a.ndim() == 1 => {
+                    params.push(a.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>())
+                }
+                _ => {
+                    return Err(ctx.unsupported(format!(
+                        "parameter '{name}' must be a constant 1-D FLOAT tensor"
+                    )));
+                }
+            }
+        }
+        let not_foldable = |why: &str| {
+            ctx.unsupported(format!(
+                "BatchNormalization is only supported folded into a preceding Conv or Gemm whose output it \
+                 alone reads; {why}"
+            ))
+        };
+        let Some(idx) = self.nodes.iter().rposition(|n| n.output == x) else {
+            return Err(not_foldable(&format!(
+                "input '{x}' is not produced by a node"
+            )));
+        };
+        if self.uses.get(&x).copied().unwrap_or(0) != 1 {
+            return Err(not_foldable(&format!("'{x}' is also read elsewhere")));
+        }
+        let producer = &self.nodes[idx];
+        let channels = match &producer.op {
+            Op::Conv { .. } => self
+                .floats
+                .get(&producer.inputs[1])
+                .filter(|w| w.ndim() == 4)
+                .map(|w| w.shape()[0]),
+            Op::Gemm { trans_b, .. } => self
+                .floats
+                .get(&producer.inputs[1])
+                .filter(|b| b.ndim() == 2)
+                .map(|b| if *trans_b { b.shape()[0] } else { b.shape()[1] }),
+            other => return Err(not_foldable(&format!("'{x}' comes from {}", other.name()))),
+        };
+        let Some(channels) = channels else {
+            return Err(not_foldable(
+                "the producer's weights are not a constant 2-D/4-D initializer",
+            ));
+        };
+        if params.iter().any(|p| p.len() != channels) {
+            return Err(Error::ShapeMismatch {
+                what: ctx.label.clone(),
+                expected: format!("scale, bias, mean and var of length {channels}"),
+                found: format!("{:?}", params.iter().map(Vec::len).collect::<Vec<_>>()),
+            });
+        }
+        if let Some(shared) = producer.inputs[1..]
+            .iter()
+            .find(|n| self.uses.get(*n).copied().unwrap_or(0) != 1)
+        {
+            return Err(not_foldable(&format!(
+                "'{shared}' is shared with other nodes"
+            )));
+        }
+        let [gamma, beta, mean, var] = [&params[0], &params[1], &params[2], &params[3]];
+        let scale: Vec<f64> = gamma
+            .iter()
+            .zip(var)
+            .map(|(g, v)| g / (v + epsilon).sqrt())
+            .collect();
+        // Existing bias per channel (Gemm: beta_gemm * c broadcast along rows).
+        let mut bias = vec![0f64; channels];
+        let producer = &mut self.nodes[idx];
+        let weight_name = producer.inputs[1].clone();
+        if let Some(w) = self.floats.get_mut(&weight_name) {
+            match &producer.op {
+                Op::Gemm { trans_b: false, .. } => {
+                    for mut row in w.outer_iter_mut() {
+                        row.iter_mut()
+                            .zip(&scale)
+                            .for_each(|(v, s)| *v = (f64::from(*v) * s) as f32);
+                    }
+                }
+                _ => {
+                    for (mut out_ch, s) in w.outer_iter_mut().zip(&scale) {
+                        out_ch
+                            .iter_mut()
+                            .for_each(|v| *v = (f64::from(*v) * s) as f32);
+                    }
+                }
+            }
+        }
+        if let Some(b_name) = producer.inputs.get(2) {
+            let Some(b) = self
+                .floats
+                .get(b_name)
+                .filter(|b| b.ndim() <= 1 || b.shape()[0] == 1)
+            else {
+                return Err(not_foldable("the bias is not a per-channel vector"));
+            };
+            let b: Vec<f64> = b.iter().map(|&v| f64::from(v)).collect();
+            let factor = match producer.op {
+                Op::Gemm { beta, .. } => f64::from(beta),
+                _ => 1.0,
+            };
+            match b.len() {
+                1 => bias.iter_mut().for_each(|v| *v = factor * b[0]),
+                n if n == channels => bias.iter_mut().zip(&b).for_each(|(v, b)| *v = factor * b),
+                _ => return Err(not_foldable("the bias is not a per-channel vector")),
+            }
+        } else {
+            let mut bias_name = format!("{}.bias", producer.name);
+            while self.floats.contains_key(&bias_name) || self.uses.contains_key(&bias_name) {
+                bias_name.push('_');
+            }
+            producer.inputs.push(bias_name);
+        }
+        if let Op::Gemm { beta, .. } = &mut producer.op {
+            *beta = 1.0;
+        }
+        let folded: Vec<f32> = (0..channels)
+            .map(|c| (scale[c] * (bias[c] - mean[c]) + beta[c]) as f32)
+            .collect();
+        let bias_name = producer.inputs[2].clone();
+        self.floats.insert(
+            bias_name,
+            ArrayD::from_shape_vec(IxDyn(&[channels]), folded).map_err(|e| ctx.invalid(e))?,
+        );
+        producer.output = output;
+        Ok(())
+    }
+}
