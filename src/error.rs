@@ -29,7 +29,9 @@ pub enum Error {
         value: f64,
     },
     /// The data has zero variance, so no scale can be fitted.
-    #[error("zero variance: all {count} values of {what} equal {value}; no distribution can be fitted")]
+    #[error(
+        "zero variance: all {count} values of {what} equal {value}; no distribution can be fitted"
+    )]
     ZeroVariance {
         /// Which input.
         what: &'static str,

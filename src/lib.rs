@@ -8,6 +8,13 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod alloc;
 pub mod error;
+#[cfg(feature = "proptest")]
+pub mod testing;
 
+pub use alloc::{
+    Allocation, Budget, GapBound, LayerSpec, Solver, SqnrCurve, allocate_bits, allocate_bits_with,
+    pareto_front,
+};
 pub use error::{Error, Result};
