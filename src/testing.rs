@@ -13,6 +13,9 @@
 //! });
 //! ```
 
+// `!(a <= b)` is deliberate: a NaN must count as a failed comparison.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 

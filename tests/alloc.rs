@@ -422,15 +422,15 @@ fn validation_errors() {
         Budget::MinSqnrDb(1.0)
     )));
     assert!(inv(allocate_bits(
-        &[ok.clone()],
+        std::slice::from_ref(&ok),
         Budget::MinSqnrDb(f64::NAN)
     )));
     assert!(inv(allocate_bits(
-        &[ok.clone()],
+        std::slice::from_ref(&ok),
         Budget::AvgBitsPerParam(-1.0)
     )));
     assert!(inv(allocate_bits(
-        &[ok.clone()],
+        std::slice::from_ref(&ok),
         Budget::AvgBitsPerParam(f64::INFINITY)
     )));
     let huge = LayerSpec::new("h", u64::MAX, kappa3());

@@ -1,5 +1,8 @@
 //! Baselines: the paper's rounded closed form (Eq. 15) and equal bit-widths.
 
+// `!(a <= b)` is deliberate: a NaN must count as a failed comparison.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use super::{Allocation, Goal, LayerSpec, Solver, Span, evaluate, layer_noise, make_allocation};
 use crate::error::{Error, Result};
 

@@ -1,13 +1,18 @@
 //! The exact solver: hull relaxation, rounding, Lagrangian bound, reduced-cost fixing and a
 //! dynamic program on the remaining core (see the module docs of [`crate::alloc`]).
 
+// `!(a <= b)` is deliberate: a NaN must count as a failed comparison.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+// Layer indices address several parallel arrays at once.
+#![allow(clippy::needless_range_loop)]
+
 use super::problem::Problem;
-use super::{Allocation, GapBound, Goal, LayerSpec, Solver, Span, make_allocation};
+use super::{Allocation, GapBound, Goal, LayerSpec, Solver, Span, assemble};
 use crate::error::Result;
 
 /// Above this many layers with a choice of width, [`Solver::Exact`](super::Solver::Exact) skips the
 /// dynamic program and returns the rounded hull solution with its certified gap bound.
-pub const EXACT_MAX_FREE_LAYERS: usize = 65_536;
+pub const EXACT_MAX_FREE_LAYERS: usize = 4_096;
 
 /// Above this many core layers (layers left with more than one width after reduced-cost fixing),
 /// [`Solver::Exact`](super::Solver::Exact) returns the rounded hull solution with its gap bound.
@@ -15,12 +20,14 @@ pub const EXACT_MAX_CORE_LAYERS: usize = 256;
 
 /// Above this many dynamic-program states in all, [`Solver::Exact`](super::Solver::Exact) stops and
 /// returns the rounded hull solution with its gap bound.
-pub const EXACT_MAX_STATES: usize = 1 << 21;
+pub const EXACT_MAX_STATES: usize = 1 << 20;
 
 /// Buckets per histogram pass of the split selection.
 const HIST_BUCKETS_LOG2: u32 = 12;
 /// A bucket with at most this many increments is sorted rather than split further.
-const COLLECT_MAX: u32 = 1 << 12;
+const COLLECT_MAX: u32 = 1 << 14;
+/// Most candidate moves the greedy improvement sorts per pass.
+const IMPROVE_MAX_MOVES: usize = 1 << 14;
 /// Relative slack kept by pruning tests, so that floating-point rounding never removes an optimum.
 const PRUNE_TOL: f64 = 1e-9;
 /// Relative margin taken off the Lagrangian bound before it is reported.
@@ -84,17 +91,18 @@ pub(crate) fn solve(
     dp: bool,
 ) -> Result<Allocation> {
     let solver = if dp { Solver::Exact } else { Solver::Hull };
-    let pb = Problem::build(layers, spans);
-    let first = pb.first_positions();
-    let last = pb.last_positions();
-    let (min_cost, first_noise) = pb.evaluate(&first);
-    let (last_cost, best_noise) = pb.evaluate(&last);
     let kind = match *goal {
         Goal::MinSqnr { max_noise, .. } => Kind::MinCost { max_noise },
         Goal::MaxBits { max_bits, .. } => Kind::MinNoise { max_bits },
     };
+    let by_noise = matches!(kind, Kind::MinCost { .. });
+    let pb = Problem::build(layers, spans, Some(by_noise));
+    let first = pb.first_positions();
+    let last = pb.last_positions();
+    let (min_cost, first_noise) = pb.evaluate(&first);
+    let (last_cost, best_noise) = pb.evaluate(&last);
     let done = |pos: &[u8], gap: GapBound| {
-        make_allocation(layers, spans, pb.widths(pos), solver, Some(gap))
+        assemble(spans, pb.widths(pos), pb.noises(pos), solver, Some(gap))
     };
     match kind {
         Kind::MinCost { max_noise } => {
@@ -120,31 +128,35 @@ pub(crate) fn solve(
         Kind::MinCost { max_noise } => (first_noise - max_noise, true),
         Kind::MinNoise { max_bits } => ((max_bits - min_cost) as f64, false),
     };
-    let by_noise = matches!(kind, Kind::MinCost { .. });
-    let split = select_split(&pb, by_noise, target, inclusive);
+    let split = select_split(&pb, target, inclusive);
     let mut pos = match split {
         Some(s) => positions(&pb, s, inclusive),
         None => last.clone(),
     };
+    // The multiplier: the split increment's efficiency (noise removed per model bit), exactly.
+    let lambda = match split {
+        Some(s) => {
+            let (v, _) = pb.hull_vertices(s.layer);
+            let (from, to) = (v[s.t] as usize, v[s.t + 1] as usize);
+            let d_noise = pb.noise_at(s.layer, from) - pb.noise_at(s.layer, to);
+            let d_cost = (pb.cost(s.layer, to) - pb.cost(s.layer, from)) as f64;
+            if by_noise {
+                d_cost / d_noise
+            } else {
+                d_noise / d_cost
+            }
+        }
+        None => 0.0,
+    };
+    // Per-layer minima of the Lagrangian; on the convex hull they are found by a local walk from
+    // the relaxed position.
+    let mins: Vec<f64> = (0..pb.len())
+        .map(|i| lagrangian_min(&pb, kind, lambda, i, pos[i] as usize))
+        .collect();
     repair(&pb, kind, &mut pos, &first, &last);
     improve(&pb, kind, &mut pos);
     let (inc_cost, inc_noise) = pb.evaluate(&pos);
 
-    // Lagrangian bound at the split's multiplier.
-    let lambda = match split {
-        Some(s) => {
-            let eff = f64::from_bits(s.key);
-            if by_noise { 1.0 / eff } else { eff }
-        }
-        None => 0.0,
-    };
-    let mins: Vec<f64> = (0..pb.len())
-        .map(|i| {
-            (0..pb.points(i))
-                .map(|j| lagrangian(kind, lambda, pb.cost(i, j), pb.noise_at(i, j)))
-                .fold(f64::INFINITY, f64::min)
-        })
-        .collect();
     let sum_mins: f64 = mins.iter().sum();
     let dual = sum_mins - lambda * kind.cap();
     let scale = sum_mins.abs() + (lambda * kind.cap()).abs();
@@ -184,29 +196,70 @@ fn lagrangian(kind: Kind, lambda: f64, cost: u64, noise: f64) -> f64 {
     kind.primary(cost, noise) + lambda * kind.secondary(cost, noise)
 }
 
-/// The increment where the greedy relaxation meets the budget.
+/// `min_j primary + lambda * secondary` over the points of layer `i`: the minimum over hull vertices,
+/// found by walking from vertex `near` while the value decreases (the values along the lower hull are
+/// convex, up to rounding, which the bound's margin absorbs).
+fn lagrangian_min(pb: &Problem, kind: Kind, lambda: f64, i: usize, near: usize) -> f64 {
+    let (v, len) = pb.hull_vertices(i);
+    let value = |a: usize| {
+        lagrangian(
+            kind,
+            lambda,
+            pb.cost(i, v[a] as usize),
+            pb.noise_at(i, v[a] as usize),
+        )
+    };
+    let mut a = pb.vertex_rank(i, near).min(len - 1);
+    let mut best = value(a);
+    while a + 1 < len {
+        let next = value(a + 1);
+        if next >= best {
+            break;
+        }
+        best = next;
+        a += 1;
+    }
+    while a > 0 {
+        let prev = value(a - 1);
+        if prev >= best {
+            break;
+        }
+        best = prev;
+        a -= 1;
+    }
+    best
+}
+
+/// The increment where the greedy relaxation meets the budget: increment `t` of layer `layer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Split {
-    key: u64,
+    key: u32,
     layer: usize,
-    k: usize,
+    t: usize,
 }
 
 impl Split {
-    /// Whether increment `(key, layer, k)` comes before this one in the greedy order
+    /// Whether increment `(key, layer, t)` comes before this one in the greedy order
     /// (key descending, then layer, then position in the layer).
     #[inline]
-    fn after(&self, key: u64, layer: usize, k: usize) -> bool {
-        key > self.key || (key == self.key && (layer, k) < (self.layer, self.k))
+    fn after(&self, key: u32, layer: usize, t: usize) -> bool {
+        key > self.key || (key == self.key && (layer, t) < (self.layer, self.t))
     }
 }
 
-/// Walks the hull increments of all layers in greedy order (key descending, then layer, then `k`),
-/// accumulating the weight (noise removed if `by_noise`, else cost added), and returns the first
-/// increment at which the total reaches `target` (`inclusive`) or exceeds it. Weighted radix
-/// selection: histogram passes narrow the key range to one bucket, which is then sorted.
-fn select_split(pb: &Problem, by_noise: bool, target: f64, inclusive: bool) -> Option<Split> {
-    let (mut lo, mut hi) = pb.key_range?;
+/// Walks the hull increments of all layers in greedy order (key descending, then layer, then `t`),
+/// accumulating their weights, and returns the first increment at which the total reaches `target`
+/// (`inclusive`) or exceeds it. Weighted radix selection: histogram passes over the keys narrow the
+/// range to one bucket, which is then sorted; `O(m)` for `m` increments.
+fn select_split(pb: &Problem, target: f64, inclusive: bool) -> Option<Split> {
+    let keys = &pb.inc_key;
+    let weights = &pb.inc_weight;
+    let (mut lo, mut hi) = keys
+        .iter()
+        .fold((u32::MAX, 0), |(a, b), &k| (a.min(k), b.max(k)));
+    if keys.is_empty() {
+        return None;
+    }
     let crosses = |cum: f64| {
         if inclusive {
             cum >= target
@@ -214,26 +267,21 @@ fn select_split(pb: &Problem, by_noise: bool, target: f64, inclusive: bool) -> O
             cum > target
         }
     };
-    let weight = |d_noise: f64, d_cost: u64| if by_noise { d_noise } else { d_cost as f64 };
-    let n = pb.len();
     let mut above = 0.0; // weight of increments with key > hi
     let mut hist_w = vec![0.0f64; 1 << HIST_BUCKETS_LOG2];
     let mut hist_n = vec![0u32; 1 << HIST_BUCKETS_LOG2];
     while lo < hi {
         let range = hi - lo;
-        let shift = (64 - range.leading_zeros()).saturating_sub(HIST_BUCKETS_LOG2);
+        let shift = (32 - range.leading_zeros()).saturating_sub(HIST_BUCKETS_LOG2);
         let buckets = ((range >> shift) + 1) as usize;
         hist_w[..buckets].fill(0.0);
         hist_n[..buckets].fill(0);
-        for i in 0..n {
-            pb.for_each_increment(i, |_, _, _, key, dn, dc| {
-                if key >= lo && key <= hi {
-                    let b = ((key - lo) >> shift) as usize;
-                    hist_w[b] += weight(dn, dc);
-                    hist_n[b] = hist_n[b].saturating_add(1);
-                }
-                key >= lo
-            });
+        for (&key, &w) in keys.iter().zip(weights) {
+            if key >= lo && key <= hi {
+                let b = ((key - lo) >> shift) as usize;
+                hist_w[b] += f64::from(w);
+                hist_n[b] += 1;
+            }
         }
         let mut found = None;
         for b in (0..buckets).rev() {
@@ -244,59 +292,69 @@ fn select_split(pb: &Problem, by_noise: bool, target: f64, inclusive: bool) -> O
             above += hist_w[b];
         }
         let b = found?;
-        let new_lo = lo + ((b as u64) << shift);
-        let new_hi = hi.min(new_lo.saturating_add((1u64 << shift) - 1));
+        let new_lo = lo + ((b as u32) << shift);
+        let new_hi = hi.min(new_lo.saturating_add((1u32 << shift) - 1));
         let small = hist_n[b] <= COLLECT_MAX || shift == 0;
         (lo, hi) = (new_lo, new_hi);
         if small {
             break;
         }
     }
-    // Collect the bucket in (layer, k) order and order it by key, stably.
-    let mut items: Vec<(u64, usize, usize, f64)> = Vec::new();
-    for i in 0..n {
-        pb.for_each_increment(i, |k, _, _, key, dn, dc| {
+    // Collect the bucket in (layer, t) order and order it by key, stably.
+    let mut items: Vec<(u32, usize, usize, f32)> = Vec::new();
+    for i in 0..pb.len() {
+        let base = pb.inc_start[i];
+        for (t, &key) in keys[base..pb.inc_start[i + 1]].iter().enumerate() {
             if key >= lo && key <= hi {
-                items.push((key, i, k, weight(dn, dc)));
+                items.push((key, i, t, weights[base + t]));
             }
-            key >= lo
-        });
+        }
     }
-    items.sort_by(|a, b| b.0.cmp(&a.0));
+    items.sort_by_key(|a| std::cmp::Reverse(a.0));
     let mut cum = above;
-    for &(key, layer, k, w) in &items {
-        cum += w;
+    for &(key, layer, t, w) in &items {
+        cum += f64::from(w);
         if crosses(cum) {
-            return Some(Split { key, layer, k });
+            return Some(Split { key, layer, t });
         }
     }
     // Rounding made the sums disagree; the last increment of the bucket is the nearest split.
     items
         .last()
-        .map(|&(key, layer, k, _)| Split { key, layer, k })
+        .map(|&(key, layer, t, _)| Split { key, layer, t })
 }
 
-/// Per layer, the hull point reached by taking the increments before the split (and the split itself
+/// Per layer, the hull vertex reached by taking the increments before the split (and the split itself
 /// if `inclusive`).
 fn positions(pb: &Problem, split: Split, inclusive: bool) -> Vec<u8> {
     (0..pb.len())
         .map(|i| {
-            let mut at = 0;
-            pb.for_each_increment(i, |k, _, to, key, _, _| {
-                let take = split.after(key, i, k)
-                    || (inclusive && (key, i, k) == (split.key, split.layer, split.k));
-                if take {
-                    at = to;
+            let keys = &pb.inc_key[pb.inc_start[i]..pb.inc_start[i + 1]];
+            let mut taken = 0;
+            for (t, &key) in keys.iter().enumerate() {
+                let take = split.after(key, i, t)
+                    || (inclusive && (key, i, t) == (split.key, split.layer, split.t));
+                if !take {
+                    break;
                 }
-                take
-            });
-            at as u8
+                taken += 1;
+            }
+            nth_vertex(pb.hull[i], taken)
         })
         .collect()
 }
 
-/// Makes `pos` feasible after rounding error: steps along the hull in greedy order until the budget
-/// holds, and after 64 steps falls back to the extreme point that is feasible.
+/// Staircase index of hull vertex `n` (0-based) of a hull mask.
+#[inline]
+fn nth_vertex(mut mask: u64, n: usize) -> u8 {
+    for _ in 0..n {
+        mask &= mask.wrapping_sub(1);
+    }
+    mask.trailing_zeros().min(63) as u8
+}
+
+/// Makes `pos` (hull vertices) feasible after rounding error: steps along the hulls in greedy order
+/// until the budget holds, and after 64 steps falls back to the extreme point that is feasible.
 fn repair(pb: &Problem, kind: Kind, pos: &mut [u8], first: &[u8], last: &[u8]) {
     for _ in 0..64 {
         let (cost, noise) = pb.evaluate(pos);
@@ -304,38 +362,31 @@ fn repair(pb: &Problem, kind: Kind, pos: &mut [u8], first: &[u8], last: &[u8]) {
             return;
         }
         // MinCost: take the most efficient next increment; MinNoise: drop the least efficient taken one.
-        let mut best: Option<(u64, usize, usize)> = None;
+        let mut best: Option<(u32, usize)> = None;
         for i in 0..pb.len() {
-            let at = pos[i] as usize;
-            let mut prev: Option<(usize, u64)> = None;
-            pb.for_each_increment(i, |_, from, to, key, _, _| match kind {
+            let keys = &pb.inc_key[pb.inc_start[i]..pb.inc_start[i + 1]];
+            let t = pb.vertex_rank(i, pos[i] as usize);
+            match kind {
                 Kind::MinCost { .. } => {
-                    if from == at {
+                    if let Some(&key) = keys.get(t) {
                         if best.is_none_or(|b| key > b.0) {
-                            best = Some((key, i, to));
+                            best = Some((key, i));
                         }
-                        return false;
                     }
-                    true
                 }
                 Kind::MinNoise { .. } => {
-                    if to == at {
-                        prev = Some((from, key));
-                        return false;
+                    if t > 0 && best.is_none_or(|b| keys[t - 1] < b.0) {
+                        best = Some((keys[t - 1], i));
                     }
-                    true
-                }
-            });
-            if let Some((from, key)) = prev {
-                if best.is_none_or(|b| key < b.0) {
-                    best = Some((key, i, from));
                 }
             }
         }
-        match best {
-            Some((_, i, to)) => pos[i] = to as u8,
-            None => break,
-        }
+        let Some((_, i)) = best else { break };
+        let t = pb.vertex_rank(i, pos[i] as usize);
+        pos[i] = match kind {
+            Kind::MinCost { .. } => nth_vertex(pb.hull[i], t + 1),
+            Kind::MinNoise { .. } => nth_vertex(pb.hull[i], t - 1),
+        };
     }
     let fallback = match kind {
         Kind::MinCost { .. } => last,
@@ -359,20 +410,33 @@ fn improve(pb: &Problem, kind: Kind, pos: &mut [u8]) {
             if !(slack > 0.0) {
                 return;
             }
-            // Per layer, the cheapest point whose extra noise fits the slack.
+            // Per layer, the cheapest point whose extra noise fits the slack (noise falls with j, so
+            // the points that fit are the ones just below `at`).
             let mut moves: Vec<(u64, f64, usize, usize)> = Vec::new();
             for i in 0..n {
                 let at = pos[i] as usize;
                 let here = pb.noise_at(i, at);
-                for j in 0..at {
-                    let extra = pb.noise_at(i, j) - here;
-                    if extra <= slack {
-                        moves.push((pb.cost(i, at) - pb.cost(i, j), extra, i, j));
-                        break;
-                    }
+                let mut j = at;
+                while j > 0 && pb.noise_at(i, j - 1) - here <= slack {
+                    j -= 1;
+                }
+                if j < at {
+                    moves.push((
+                        pb.cost(i, at) - pb.cost(i, j),
+                        pb.noise_at(i, j) - here,
+                        i,
+                        j,
+                    ));
                 }
             }
-            moves.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
+            let order = |a: &(u64, f64, usize, usize), b: &(u64, f64, usize, usize)| {
+                b.0.cmp(&a.0).then(a.2.cmp(&b.2))
+            };
+            if moves.len() > IMPROVE_MAX_MOVES {
+                moves.select_nth_unstable_by(IMPROVE_MAX_MOVES, order);
+                moves.truncate(IMPROVE_MAX_MOVES);
+            }
+            moves.sort_unstable_by(order);
             let before = pos.to_vec();
             let mut left = slack;
             for (_, extra, i, j) in moves {
@@ -415,7 +479,15 @@ fn improve(pb: &Problem, kind: Kind, pos: &mut [u8]) {
                 if moves.is_empty() {
                     return;
                 }
-                moves.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
+                // Only the best moves can be used before the budget runs out: keep the top few.
+                let order = |a: &(f64, u64, usize, usize), b: &(f64, u64, usize, usize)| {
+                    b.0.total_cmp(&a.0).then(a.2.cmp(&b.2))
+                };
+                if moves.len() > IMPROVE_MAX_MOVES {
+                    moves.select_nth_unstable_by(IMPROVE_MAX_MOVES, order);
+                    moves.truncate(IMPROVE_MAX_MOVES);
+                }
+                moves.sort_unstable_by(order);
                 for (_, extra, i, j) in moves {
                     if extra <= left && j > pos[i] as usize {
                         left -= extra;

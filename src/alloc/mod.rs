@@ -30,8 +30,8 @@
 //!    taken greedily until the budget binds. The increment where it binds (the *split*) gives the
 //!    optimal multiplier `lambda`; the Lagrangian dual value `L(lambda) = sum_i min_b (primary + lambda *
 //!    secondary) - lambda * cap` is a certified lower bound on the discrete optimum. The split is found
-//!    by a weighted radix selection on the efficiencies (histogram passes, no sort), in `O(m)` expected
-//!    time for `m` hull increments.
+//!    by a weighted radix selection on the efficiencies (`f32` keys; histogram passes, no full sort), in
+//!    `O(m)` time for `m` hull increments.
 //! 3. The relaxed solution is rounded to a feasible integer point (the split increment is taken in full
 //!    for `MinSqnrDb`, dropped for `MaxModelBits`) and improved greedily with the leftover slack. This is
 //!    the incumbent.
@@ -64,6 +64,9 @@
 //! 10^(-g/10)` with the sum taken in layer order. Model sizes are exact integers.
 
 mod baseline;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/alloc.md")]
+struct AllocGuideDoctests;
 mod curve;
 mod exact;
 mod pareto;
@@ -599,11 +602,25 @@ pub(crate) fn make_allocation(
     solver: Solver,
     gap_bound: Option<GapBound>,
 ) -> Allocation {
+    let noise = layers
+        .iter()
+        .zip(&bits)
+        .map(|(layer, &b)| layer_noise(layer, b))
+        .collect();
+    assemble(spans, bits, noise, solver, gap_bound)
+}
+
+/// Builds the [`Allocation`] for `bits` whose per-layer noise powers are `noise`.
+pub(crate) fn assemble(
+    spans: &[Span],
+    bits: Vec<u32>,
+    mut noise: Vec<f64>,
+    solver: Solver,
+    gap_bound: Option<GapBound>,
+) -> Allocation {
     let mut model_bits: u64 = 0;
-    let mut noise: Vec<f64> = Vec::with_capacity(bits.len());
-    for ((layer, span), &b) in layers.iter().zip(spans).zip(&bits) {
+    for (span, &b) in spans.iter().zip(&bits) {
         model_bits = model_bits.saturating_add(span.cpb.saturating_mul(u64::from(b)));
-        noise.push(layer_noise(layer, b));
     }
     let total: f64 = noise.iter().sum();
     for share in &mut noise {

@@ -1,7 +1,7 @@
 //! The exact Pareto front of model size against output SQNR.
 
 use super::problem::Problem;
-use super::{Allocation, GapBound, LayerSpec, Solver, make_allocation, validate};
+use super::{Allocation, GapBound, LayerSpec, Solver, assemble, validate};
 use crate::error::{Error, Result};
 
 /// Most points [`pareto_front`] returns; a larger front is an error.
@@ -46,7 +46,7 @@ pub const PARETO_MAX_STATES: usize = 1 << 23;
 /// ```
 pub fn pareto_front(layers: &[LayerSpec]) -> Result<Vec<Allocation>> {
     let spans = validate(layers)?;
-    let pb = Problem::build(layers, &spans);
+    let pb = Problem::build(layers, &spans, None);
     let too_big = |what: String| Error::InvalidArgument {
         name: "layers",
         reason: format!("{what}; use allocate_bits with a budget instead"),
@@ -55,11 +55,8 @@ pub fn pareto_front(layers: &[LayerSpec]) -> Result<Vec<Allocation>> {
     let mut stages: Vec<(usize, Vec<u32>, Vec<u8>)> = Vec::new();
     let mut stored = 0usize;
     let mut cand: Vec<(u64, f64, u32, u8)> = Vec::new();
-    let (mut base_cost, mut base_noise) = (0u64, 0.0);
     for i in 0..pb.len() {
         if pb.points(i) == 1 {
-            base_cost += pb.cost(i, 0);
-            base_noise += pb.noise_at(i, 0);
             continue;
         }
         cand.clear();
@@ -100,7 +97,6 @@ pub fn pareto_front(layers: &[LayerSpec]) -> Result<Vec<Allocation>> {
             states.len()
         )));
     }
-    let _ = (base_cost, base_noise);
     let mut front = Vec::with_capacity(states.len());
     for mut s in 0..states.len() {
         let mut pos = vec![0u8; pb.len()];
@@ -108,10 +104,10 @@ pub fn pareto_front(layers: &[LayerSpec]) -> Result<Vec<Allocation>> {
             pos[*i] = choice[s];
             s = parent[s] as usize;
         }
-        front.push(make_allocation(
-            layers,
+        front.push(assemble(
             &spans,
             pb.widths(&pos),
+            pb.noises(&pos),
             Solver::Exact,
             Some(GapBound::SqnrDb(0.0)),
         ));

@@ -1,11 +1,14 @@
 //! The validated problem in flat arrays: per layer, its Pareto-efficient widths (the *staircase*) and
 //! which of them lie on the lower convex hull of `(cost, noise)`.
 
-use super::{LayerSpec, Span, layer_noise};
+use super::{LayerSpec, Span, SqnrCurve, noise_from_db};
 
 /// Flat per-layer data. Staircase point `j` of layer `i` is at offset `start[i] + j`; its cost is
 /// `cpb[i] * bits`, its noise strictly decreases with `j` and its cost strictly increases (a layer with
 /// `cpb == 0` keeps only its least noisy width).
+///
+/// Hull increment `t` of layer `i` (from hull vertex `t` to vertex `t + 1`) is at offset
+/// `inc_start[i] + t` of `inc_key` and `inc_weight`, when those are built.
 pub(crate) struct Problem {
     /// Model bits per bit of width.
     pub cpb: Vec<u64>,
@@ -13,83 +16,111 @@ pub(crate) struct Problem {
     pub start: Vec<usize>,
     /// Width of each point, in bits.
     pub bits: Vec<u8>,
-    /// Noise power of each point (canonical, [`layer_noise`]).
+    /// Noise power of each point (canonical, as [`super::layer_noise`]).
     pub noise: Vec<f64>,
     /// Bit `j` set if staircase point `j` of the layer is a vertex of its lower convex hull.
     pub hull: Vec<u64>,
-    /// Smallest and largest increment key, and the number of hull increments.
-    pub key_range: Option<(u64, u64)>,
-    /// Number of hull increments in all.
-    pub increments: usize,
+    /// Offsets into the increment arrays, `n + 1` entries (empty if increments were not built).
+    pub inc_start: Vec<usize>,
+    /// Sort key of each hull increment: the `f32` bit pattern of its efficiency (noise removed per
+    /// model bit), made non-increasing along each layer. Positive floats order like their patterns.
+    pub inc_key: Vec<u32>,
+    /// Weight of each hull increment for the selection: noise removed, or model bits added.
+    pub inc_weight: Vec<f32>,
     /// Layers with more than one staircase point.
     pub free_layers: usize,
 }
 
 impl Problem {
-    pub(crate) fn build(layers: &[LayerSpec], spans: &[Span]) -> Problem {
+    /// Builds the staircases and hulls; with `increments = Some(by_noise)` also the increment keys and
+    /// weights (noise removed if `by_noise`, else model bits added).
+    pub(crate) fn build(layers: &[LayerSpec], spans: &[Span], increments: Option<bool>) -> Problem {
         let n = layers.len();
-        let width_hint: usize = spans
-            .iter()
-            .take(64)
-            .map(|s| (s.hi - s.lo + 1) as usize)
-            .sum();
-        let cap = width_hint.saturating_mul(n) / spans.len().clamp(1, 64);
+        let points: usize = spans.iter().map(|s| (s.hi - s.lo + 1) as usize).sum();
         let mut pb = Problem {
             cpb: Vec::with_capacity(n),
             start: Vec::with_capacity(n + 1),
-            bits: Vec::with_capacity(cap),
-            noise: Vec::with_capacity(cap),
+            bits: Vec::with_capacity(points),
+            noise: Vec::with_capacity(points),
             hull: Vec::with_capacity(n),
-            key_range: None,
-            increments: 0,
+            inc_start: Vec::with_capacity(if increments.is_some() { n + 1 } else { 0 }),
+            inc_key: Vec::with_capacity(if increments.is_some() { points } else { 0 }),
+            inc_weight: Vec::with_capacity(if increments.is_some() { points } else { 0 }),
             free_layers: 0,
         };
         pb.start.push(0);
-        let (mut kmin, mut kmax) = (u64::MAX, 0u64);
+        if increments.is_some() {
+            pb.inc_start.push(0);
+        }
+        let mut db = [0.0f64; 64];
+        let mut eta = [0.0f64; 64];
         for (layer, span) in layers.iter().zip(spans) {
-            let first = pb.noise.len();
-            if span.cpb == 0 {
-                let mut best = (span.lo, layer_noise(layer, span.lo));
-                for b in span.lo + 1..=span.hi {
-                    let eta = layer_noise(layer, b);
-                    if eta < best.1 {
-                        best = (b, eta);
+            let w = (span.hi - span.lo + 1) as usize;
+            match layer.curve() {
+                SqnrCurve::Table { min_bits, sqnr_db } => {
+                    let from = (span.lo - min_bits) as usize;
+                    db[..w].copy_from_slice(&sqnr_db[from..from + w]);
+                }
+                SqnrCurve::Linear { .. } => {
+                    for (t, v) in db[..w].iter_mut().enumerate() {
+                        *v = layer.curve().sqnr_db(span.lo + t as u32).unwrap_or(0.0);
                     }
                 }
-                pb.bits.push(best.0 as u8);
-                pb.noise.push(best.1);
+            }
+            // Independent conversions: no loop-carried dependency, so they pipeline and vectorize.
+            for (e, &d) in eta[..w].iter_mut().zip(&db[..w]) {
+                *e = noise_from_db(d);
+            }
+            let first = pb.noise.len();
+            if span.cpb == 0 {
+                let mut best = 0;
+                for t in 1..w {
+                    if eta[t] < eta[best] {
+                        best = t;
+                    }
+                }
+                pb.bits.push((span.lo + best as u32) as u8);
+                pb.noise.push(eta[best]);
             } else {
                 let mut last = f64::INFINITY;
-                for b in span.lo..=span.hi {
-                    let eta = layer_noise(layer, b);
-                    if eta < last {
-                        pb.bits.push(b as u8);
-                        pb.noise.push(eta);
-                        last = eta;
+                for (t, &e) in eta[..w].iter().enumerate() {
+                    if e < last {
+                        pb.bits.push((span.lo + t as u32) as u8);
+                        pb.noise.push(e);
+                        last = e;
                     }
                 }
             }
             let len = pb.noise.len() - first;
-            pb.hull
-                .push(lower_hull(&pb.bits[first..], &pb.noise[first..]));
+            let mask = lower_hull(&pb.bits[first..], &pb.noise[first..]);
+            pb.hull.push(mask);
             pb.cpb.push(span.cpb);
             pb.start.push(pb.noise.len());
             if len > 1 {
                 pb.free_layers += 1;
             }
-        }
-        for i in 0..n {
-            pb.for_each_increment(i, |_, _, _, key, _, _| {
-                kmin = kmin.min(key);
-                kmax = kmax.max(key);
-                true
-            });
-        }
-        pb.increments = (0..n)
-            .map(|i| pb.hull[i].count_ones().saturating_sub(1) as usize)
-            .sum();
-        if pb.increments > 0 {
-            pb.key_range = Some((kmin, kmax));
+            if let Some(by_noise) = increments {
+                let mut prev_key = u32::MAX;
+                let mut m = mask;
+                let mut from = m.trailing_zeros() as usize;
+                m &= m.wrapping_sub(1);
+                while m != 0 {
+                    let to = m.trailing_zeros() as usize;
+                    m &= m - 1;
+                    let d_noise = pb.noise[first + from] - pb.noise[first + to];
+                    let d_cost = span.cpb * u64::from(pb.bits[first + to] - pb.bits[first + from]);
+                    let key = ((d_noise / d_cost as f64) as f32).to_bits().min(prev_key);
+                    prev_key = key;
+                    pb.inc_key.push(key);
+                    pb.inc_weight.push(if by_noise {
+                        d_noise as f32
+                    } else {
+                        d_cost as f32
+                    });
+                    from = to;
+                }
+                pb.inc_start.push(pb.inc_key.len());
+            }
         }
         pb
     }
@@ -117,39 +148,25 @@ impl Problem {
         self.noise[self.start[i] + j]
     }
 
-    /// Calls `f(k, from, to, key, d_noise, d_cost)` for the hull increments of layer `i` in order,
-    /// `k = 0, 1, ..`, from staircase point `from` to `to`, while `f` returns `true`. `key` is the bit
-    /// pattern of the efficiency `d_noise / d_cost` (positive, so the patterns order like the values),
-    /// made non-increasing along the layer so that taking increments by decreasing key takes a prefix.
+    /// The staircase indices of the hull vertices of layer `i`, and their number.
     #[inline]
-    pub(crate) fn for_each_increment(
-        &self,
-        i: usize,
-        mut f: impl FnMut(usize, usize, usize, u64, f64, u64) -> bool,
-    ) {
-        let mut mask = self.hull[i];
-        if mask == 0 {
-            return;
+    pub(crate) fn hull_vertices(&self, i: usize) -> ([u8; 64], usize) {
+        let mut out = [0u8; 64];
+        let mut m = self.hull[i];
+        let mut len = 0;
+        while m != 0 {
+            out[len] = m.trailing_zeros() as u8;
+            m &= m - 1;
+            len += 1;
         }
-        let base = self.start[i];
-        let cpb = self.cpb[i];
-        let mut from = mask.trailing_zeros() as usize;
-        mask &= mask - 1;
-        let mut prev_key = u64::MAX;
-        let mut k = 0;
-        while mask != 0 {
-            let to = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            let d_noise = self.noise[base + from] - self.noise[base + to];
-            let d_cost = cpb * u64::from(self.bits[base + to] - self.bits[base + from]);
-            let key = (d_noise / d_cost as f64).to_bits().min(prev_key);
-            prev_key = key;
-            if !f(k, from, to, key, d_noise, d_cost) {
-                return;
-            }
-            from = to;
-            k += 1;
-        }
+        (out, len)
+    }
+
+    /// Number of hull vertices of layer `i` strictly before staircase point `j`: the index of the
+    /// increment that starts at `j` when `j` is a vertex.
+    #[inline]
+    pub(crate) fn vertex_rank(&self, i: usize, j: usize) -> usize {
+        (self.hull[i] & ((1u64 << j) - 1)).count_ones() as usize
     }
 
     /// Canonical `(model bits, noise)` of a choice of staircase points (noise summed in layer order).
@@ -171,6 +188,14 @@ impl Problem {
             .collect()
     }
 
+    /// Noise powers of a choice of staircase points.
+    pub(crate) fn noises(&self, pos: &[u8]) -> Vec<f64> {
+        pos.iter()
+            .enumerate()
+            .map(|(i, &j)| self.noise_at(i, j as usize))
+            .collect()
+    }
+
     /// The cheapest point of every layer.
     pub(crate) fn first_positions(&self) -> Vec<u8> {
         vec![0; self.len()]
@@ -187,11 +212,11 @@ impl Problem {
 /// Mask of the vertices of the lower convex hull of `(bits[j], noise[j])`, `bits` increasing and `noise`
 /// decreasing. Collinear middle points are not vertices.
 fn lower_hull(bits: &[u8], noise: &[f64]) -> u64 {
-    let mut stack = [0usize; 64];
+    let mut stack = [0u8; 64];
     let mut top = 0;
     for j in 0..bits.len() {
         while top >= 2 {
-            let (a, b) = (stack[top - 2], stack[top - 1]);
+            let (a, b) = (stack[top - 2] as usize, stack[top - 1] as usize);
             let (xa, xb, xc) = (f64::from(bits[a]), f64::from(bits[b]), f64::from(bits[j]));
             // b stays only if it lies strictly below the chord a-c.
             let cross = (xb - xa) * (noise[j] - noise[a]) - (noise[b] - noise[a]) * (xc - xa);
@@ -200,7 +225,7 @@ fn lower_hull(bits: &[u8], noise: &[f64]) -> u64 {
             }
             top -= 1;
         }
-        stack[top] = j;
+        stack[top] = j as u8;
         top += 1;
     }
     stack[..top].iter().fold(0u64, |m, &j| m | (1u64 << j))
