@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod alloc;
 pub mod calib;
 pub mod dist;
 pub mod error;
@@ -37,7 +38,13 @@ mod onnx;
 mod simd;
 pub mod sqnr;
 pub mod table;
+#[cfg(feature = "proptest")]
+pub mod testing;
 
+pub use alloc::{
+    Allocation, Budget, GapBound, LayerSpec, Solver, SqnrCurve, allocate_bits, allocate_bits_with,
+    pareto_front,
+};
 pub use dist::{Fit, FitAccumulator};
 pub use error::{Error, Result};
 pub use exec::FloatExecutor;
