@@ -35,6 +35,8 @@ pub mod io;
 pub mod kernels;
 #[cfg(feature = "onnx")]
 mod onnx;
+pub mod pack;
+pub mod plan;
 mod simd;
 pub mod sqnr;
 pub mod table;

@@ -16,9 +16,10 @@
 //! # Ok::<(), fixq::Error>(())
 //! ```
 
+use crate::alloc::SqnrCurve;
 use crate::dist::Fit;
 use crate::error::{Error, Result};
-use crate::fixed::{Grid, QFormat};
+use crate::fixed::{Grid, QFormat, Quantizer};
 use crate::table::{self, Family};
 
 /// dB → linear power ratio: 10^(dB/10).
@@ -136,6 +137,67 @@ pub fn network_db(terms_db: &[f64]) -> Result<f64> {
         inv += 1.0 / db_to_linear(t);
     }
     Ok(-linear_to_db(inv))
+}
+
+/// Largest SQNR the curve helpers report, in dB: an exact reconstruction (+∞) is reported as this,
+/// within the allocator's [`crate::alloc::SQNR_DB_LIMIT`].
+pub const CURVE_CAP_DB: f64 = 300.0;
+
+impl SqnrCurve {
+    /// The predicted curve of a fitted tensor: at each width in `bits`, the format chosen by
+    /// [`QFormat::min_expected_mse`] and its [`predict_db`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty range or widths outside 1..=16 (or a mid-rise request for
+    /// unsigned data).
+    ///
+    /// # Example
+    /// ```
+    /// use fixq::{dist, Grid, SqnrCurve};
+    /// let w: Vec<f32> = (0..4096).map(|i| ((i as f32) * 0.731).sin() * 0.1).collect();
+    /// let curve = SqnrCurve::from_fit(&dist::fit(&w)?, 2..=8, true, Grid::MidTread)?;
+    /// let (four, five) = (curve.sqnr_db(4).unwrap(), curve.sqnr_db(5).unwrap());
+    /// assert!(five - four > 4.0 && five - four < 7.0); // about 5-6 dB per bit
+    /// # Ok::<(), fixq::Error>(())
+    /// ```
+    pub fn from_fit(
+        fit: &Fit,
+        bits: std::ops::RangeInclusive<u32>,
+        signed: bool,
+        grid: Grid,
+    ) -> Result<SqnrCurve> {
+        SqnrCurve::from_fn(*bits.start(), *bits.end(), |b| {
+            let f = QFormat::min_expected_mse(fit, b, signed, grid)?;
+            Ok(predict_db(fit, f)?.min(CURVE_CAP_DB))
+        })
+    }
+
+    /// The measured curve of a real tensor: at each width in `bits`, quantize `data` with the format of
+    /// [`QFormat::min_data_mse`] and [`measure_db`] the result.
+    ///
+    /// # Errors
+    /// As [`QFormat::min_data_mse`] and [`measure_db`]; [`Error::InvalidArgument`] for an empty range.
+    pub fn measured(
+        data: &[f32],
+        bits: std::ops::RangeInclusive<u32>,
+        signed: bool,
+        grid: Grid,
+    ) -> Result<SqnrCurve> {
+        SqnrCurve::from_fn(*bits.start(), *bits.end(), |b| {
+            let f = QFormat::min_data_mse(data, b, signed, grid)?;
+            measure_format_db(data, f)
+        })
+    }
+}
+
+/// Measured SQNR (dB, capped at [`CURVE_CAP_DB`]) of quantizing `data` in `format` (through `i32` codes).
+///
+/// # Errors
+/// As [`measure_db`] and [`Quantizer::quantize`].
+pub fn measure_format_db(data: &[f32], format: QFormat) -> Result<f64> {
+    let q = Quantizer::<i32>::new(format)?.quantize(ndarray::ArrayView1::from(data))?;
+    let back = q.dequantize();
+    Ok(measure_db(data, back.as_slice().unwrap_or(&[]))?.min(CURVE_CAP_DB))
 }
 
 #[cfg(test)]

@@ -1,0 +1,797 @@
+//! Planning: from a graph, its weights, activation statistics and a [`Budget`], choose every tensor's
+//! fixed-point format — the [`QuantPlan`].
+//!
+//! # What gets a format
+//! * **Weights** of every `Conv`, `Gemm` and `MatMul` (with constant weights): per tensor or per output
+//!   channel ([`Granularity`]), at the widths the allocator picks.
+//! * **Activations** at every point where the integer network produces a new tensor
+//!   ([`activation_points`]): the graph input, the output of each weighted layer (after a `Relu` or
+//!   `Clip` that directly follows it, which the kernels fuse), of `Add`, and of average pools.
+//!   `MaxPool`, `Flatten`, `Reshape`, `Identity` keep their input's format. Non-negative tensors (as
+//!   after a ReLU) get unsigned formats, one bit finer than signed ones.
+//!
+//! # How widths are chosen
+//! Each weight tensor (or channel) becomes a [`LayerSpec`] whose SQNR curve is predicted from its fitted
+//! family ([`CurveSource::Predicted`]) or measured by quantizing the real tensor at each width
+//! ([`CurveSource::Measured`]); activations become pinned specs of zero cost. [`crate::allocate_bits_with`]
+//! solves Eq. 11 for the budget, and the predicted output SQNR is Eq. 9 over all terms.
+//!
+//! For per-channel weights, channel c with signal energy S_c in a layer of energy S contributes
+//! (S_c/S)/SQNR_c to the layer's 1/SQNR, so its curve is shifted by 10·log₁₀(S/S_c) dB.
+//!
+//! # Example
+//! ```
+//! use fixq::calib::Calibration;
+//! use fixq::exec::FloatExecutor;
+//! use fixq::graph::{Graph, Node, Op, TensorInfo};
+//! use fixq::plan::{plan, PlanConfig};
+//! use fixq::Budget;
+//! use ndarray::{Array2, ArrayD, IxDyn};
+//!
+//! // A one-layer network y = relu(x W^T + b) with 8 inputs and 4 outputs.
+//! let w = Array2::from_shape_fn((4, 8), |(o, i)| ((o * 8 + i) as f32 * 0.37).sin()).into_dyn();
+//! let b = ArrayD::from_elem(IxDyn(&[4]), 0.1f32);
+//! let input = TensorInfo { name: "x".into(), shape: vec![None, Some(8)] };
+//! let gemm = Node {
+//!     name: "fc".into(),
+//!     op: Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true },
+//!     inputs: vec!["x".into(), "w".into(), "b".into()],
+//!     output: "h".into(),
+//! };
+//! let relu = Node { name: "relu".into(), op: Op::Relu, inputs: vec!["h".into()], output: "y".into() };
+//! let graph = Graph::new(input, "y", vec![gemm, relu], vec![("w".into(), w), ("b".into(), b)])?;
+//! let exec = FloatExecutor::new(&graph);
+//! let x = Array2::from_shape_fn((64, 8), |(n, i)| ((n * 8 + i) as f32 * 0.91).cos()).into_dyn();
+//! let mut cal = Calibration::new();
+//! cal.observe(&exec, x.view())?;
+//! let plan = plan(&graph, &cal, &PlanConfig::fixq(Budget::AvgBitsPerParam(4.0)))?;
+//! assert_eq!(plan.model_bits(), 4 * 32);
+//! assert!(!plan.activation("y").unwrap().format.is_signed()); // post-ReLU: unsigned
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+
+use ndarray::{Array2, ArrayD, Axis, Ix2};
+
+use crate::alloc::{Budget, LayerSpec, Solver, SqnrCurve, allocate_bits_with};
+use crate::calib::Calibration;
+use crate::dist::{self, Fit};
+use crate::error::{Error, Result};
+use crate::fixed::{Grid, PAPER_XI_PER_SIGMA, QFormat};
+use crate::graph::{Graph, Op};
+use crate::sqnr;
+
+/// Whether weights get one format per tensor or one per output channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Granularity {
+    /// One width and step per weight tensor (the paper).
+    PerTensor,
+    /// One width and step per output channel.
+    PerChannel,
+}
+
+/// How a tensor's power-of-two step is chosen for a given width.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum StepRule {
+    /// The paper's rule: n = −⌈log₂(ξ·Stepsize_Gaussian(b))⌉ with ξ = `xi_per_sigma`·σ.
+    Paper {
+        /// ξ/σ (the paper used 3).
+        xi_per_sigma: f64,
+    },
+    /// Best power of two for the fitted family ([`QFormat::min_expected_mse`]).
+    MinExpectedMse,
+    /// Best power of two by exact error over the tensor's values ([`QFormat::min_data_mse`]); for
+    /// activations (known only through their statistics) this falls back to `MinExpectedMse`.
+    MinDataMse,
+}
+
+/// Where each weight tensor's SQNR-versus-bits curve comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum CurveSource {
+    /// `sqnr::predict_db` of the fitted family at each width's format.
+    Predicted,
+    /// Quantize the real tensor at each width and measure.
+    Measured,
+    /// The paper's line γ_dB = κ·b (offset 0), as in its Eq. 15.
+    Linear {
+        /// κ in dB per bit (the paper used 3).
+        kappa_db_per_bit: f64,
+    },
+}
+
+/// Everything [`plan`] needs to know besides the graph and the calibration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanConfig {
+    /// The allocation target.
+    pub budget: Budget,
+    /// The allocation algorithm.
+    pub solver: Solver,
+    /// Allowed weight widths in bits (1..=8 fit the i8 kernels; mid-rise needs ≤ 7).
+    pub weight_bits: RangeInclusive<u32>,
+    /// When set, every weight tensor gets exactly this width (equal bit-widths).
+    pub equal_weight_bits: Option<u32>,
+    /// Width of every activation except the graph output (8 fits the u8/i8 kernels, up to 15 in i16).
+    pub activation_bits: u32,
+    /// Width of the graph output (logits), in bits (≤ 15).
+    pub output_bits: u32,
+    /// Per-tensor or per-channel weights.
+    pub granularity: Granularity,
+    /// Weight grid: two's complement, or mid-rise (odd multiples of half a step; run as 2q+1).
+    pub weight_grid: Grid,
+    /// Step rule for weights.
+    pub weight_step: StepRule,
+    /// Step rule for activations.
+    pub activation_step: StepRule,
+    /// Source of the weight curves.
+    pub curve: CurveSource,
+}
+
+impl PlanConfig {
+    /// fixq's method: fitted families, measured curves, exact allocation, per-tensor two's complement
+    /// weights in 1..=8 bits, 8-bit activations (unsigned after ReLU), 16-bit output.
+    pub fn fixq(budget: Budget) -> Self {
+        Self {
+            budget,
+            solver: Solver::Exact,
+            weight_bits: 1..=8,
+            equal_weight_bits: None,
+            activation_bits: 8,
+            output_bits: 16,
+            granularity: Granularity::PerTensor,
+            weight_grid: Grid::MidTread,
+            weight_step: StepRule::MinDataMse,
+            activation_step: StepRule::MinExpectedMse,
+            curve: CurveSource::Measured,
+        }
+    }
+
+    /// The paper's method: ξ = 3σ with Gaussian steps for every tensor, κ = 3 lines, the closed-form
+    /// allocation (Eq. 15) rounded.
+    pub fn paper(budget: Budget) -> Self {
+        Self {
+            solver: Solver::PaperClosedForm,
+            weight_step: StepRule::Paper {
+                xi_per_sigma: PAPER_XI_PER_SIGMA,
+            },
+            activation_step: StepRule::Paper {
+                xi_per_sigma: PAPER_XI_PER_SIGMA,
+            },
+            curve: CurveSource::Linear {
+                kappa_db_per_bit: 3.0,
+            },
+            ..Self::fixq(budget)
+        }
+    }
+
+    /// Equal bit-widths: every weight tensor at `bits`, steps by fixq's rule.
+    pub fn equal(bits: u32) -> Self {
+        Self {
+            equal_weight_bits: Some(bits),
+            ..Self::fixq(Budget::AvgBitsPerParam(f64::from(bits)))
+        }
+    }
+}
+
+/// One weight tensor's plan.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct WeightPlan {
+    /// The node (Conv, Gemm or MatMul) that uses the weights.
+    pub node: String,
+    /// The weight initializer's name.
+    pub weight: String,
+    /// Number of weights (biases excluded, as in the paper's model size).
+    pub params: u64,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Width in bits: one entry (per tensor) or one per output channel.
+    pub bits: Vec<u32>,
+    /// Formats, parallel to `bits`.
+    pub formats: Vec<QFormat>,
+    /// Predicted SQNR of the whole weight tensor in dB.
+    pub predicted_sqnr_db: f64,
+}
+
+impl WeightPlan {
+    /// Format of output channel `c`.
+    pub fn format_of_channel(&self, c: usize) -> QFormat {
+        self.formats.get(c).copied().unwrap_or(self.formats[0])
+    }
+    /// Model bits of this tensor: Σ width × weights per channel.
+    pub fn model_bits(&self) -> u64 {
+        let per = self.params / self.bits.len().max(1) as u64;
+        self.bits.iter().map(|&b| u64::from(b) * per).sum()
+    }
+}
+
+/// One activation tensor's plan.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ActivationPlan {
+    /// Tensor name (the graph input or a node output).
+    pub tensor: String,
+    /// Its format.
+    pub format: QFormat,
+    /// Predicted SQNR in dB from its calibration fit.
+    pub predicted_sqnr_db: f64,
+}
+
+/// Every tensor's fixed-point format and the predicted figures. Serialises to JSON with feature `serde`.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct QuantPlan {
+    weights: Vec<WeightPlan>,
+    activations: Vec<ActivationPlan>,
+    predicted_output_sqnr_db: f64,
+}
+
+impl QuantPlan {
+    /// Weight plans in graph order.
+    pub fn weights(&self) -> &[WeightPlan] {
+        &self.weights
+    }
+    /// Activation plans in graph order (the input first).
+    pub fn activations(&self) -> &[ActivationPlan] {
+        &self.activations
+    }
+    /// The weight plan of node `node`.
+    pub fn weight(&self, node: &str) -> Option<&WeightPlan> {
+        self.weights.iter().find(|w| w.node == node)
+    }
+    /// The activation plan of tensor `tensor`.
+    pub fn activation(&self, tensor: &str) -> Option<&ActivationPlan> {
+        self.activations.iter().find(|a| a.tensor == tensor)
+    }
+    /// Total weight bits (the paper's model size).
+    pub fn model_bits(&self) -> u64 {
+        self.weights.iter().map(WeightPlan::model_bits).sum()
+    }
+    /// Total number of weights.
+    pub fn weight_params(&self) -> u64 {
+        self.weights.iter().map(|w| w.params).sum()
+    }
+    /// Average weight bits per parameter.
+    pub fn avg_bits_per_param(&self) -> f64 {
+        self.model_bits() as f64 / self.weight_params().max(1) as f64
+    }
+    /// Predicted output SQNR in dB (Eq. 9 over every weight and activation term).
+    pub fn predicted_output_sqnr_db(&self) -> f64 {
+        self.predicted_output_sqnr_db
+    }
+
+    /// Serialises the plan as pretty JSON.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if serialisation fails (it cannot for a valid plan).
+    #[cfg(feature = "serde")]
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self).map_err(|e| Error::InvalidArgument {
+            name: "plan",
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads a plan from JSON.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] with the parser's message for invalid JSON or a wrong structure.
+    #[cfg(feature = "serde")]
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::Malformed {
+            format: "plan json",
+            offset: 0,
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for QuantPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<12} {:>9} {:>10} {:>16} {:>10}",
+            "weights", "params", "bits", "format", "SQNR dB"
+        )?;
+        for w in &self.weights {
+            let bits = if w.bits.len() == 1 {
+                w.bits[0].to_string()
+            } else {
+                let lo = w.bits.iter().min().copied().unwrap_or(0);
+                let hi = w.bits.iter().max().copied().unwrap_or(0);
+                format!(
+                    "{lo}..{hi} ({:.2})",
+                    w.model_bits() as f64 / w.params.max(1) as f64
+                )
+            };
+            let fmt = if w.formats.len() == 1 {
+                w.formats[0].to_string()
+            } else {
+                format!("{} channels", w.formats.len())
+            };
+            writeln!(
+                f,
+                "{:<12} {:>9} {:>10} {:>16} {:>10.2}",
+                w.node, w.params, bits, fmt, w.predicted_sqnr_db
+            )?;
+        }
+        writeln!(
+            f,
+            "{:<12} {:>9} {:>10} {:>16} {:>10}",
+            "activations", "", "", "format", "SQNR dB"
+        )?;
+        for a in &self.activations {
+            writeln!(
+                f,
+                "{:<12} {:>9} {:>10} {:>16} {:>10.2}",
+                a.tensor,
+                "",
+                a.format.bits(),
+                a.format.to_string(),
+                a.predicted_sqnr_db
+            )?;
+        }
+        write!(
+            f,
+            "model: {} weight bits ({:.3} per weight), predicted output SQNR {:.2} dB",
+            self.model_bits(),
+            self.avg_bits_per_param(),
+            self.predicted_output_sqnr_db
+        )
+    }
+}
+
+/// A weighted layer's constant weights, as a 2-D `[out, fan_in]` matrix view of the original tensor
+/// (OIHW for Conv, so rows are output channels), plus its bias.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // read by the fixed-point executor
+pub(crate) struct LayerWeights {
+    pub node_index: usize,
+    pub node: String,
+    pub weight_name: String,
+    /// `[out, fan_in]`, rows = output channels (the original OIHW or `[out, in]` order).
+    pub matrix: Array2<f32>,
+    /// Bias per output channel (zeros when absent).
+    pub bias: Vec<f32>,
+    /// The original weight shape (OIHW for Conv, `[out, in]` for dense).
+    pub shape: Vec<usize>,
+}
+
+/// The constant weights of every Conv, Gemm and MatMul, in graph order.
+pub(crate) fn layer_weights(graph: &Graph) -> Result<Vec<LayerWeights>> {
+    let mut out = Vec::new();
+    for (i, node) in graph.nodes().iter().enumerate() {
+        let init = |k: usize| node.inputs.get(k).and_then(|n| graph.initializer(n));
+        let missing = || {
+            Error::Unsupported(format!(
+                "node '{}' ({}): weights must be a constant initializer",
+                node.name,
+                node.op.name()
+            ))
+        };
+        match &node.op {
+            Op::Conv { .. } => {
+                let w = init(1).ok_or_else(missing)?;
+                let shape = w.shape().to_vec();
+                let o = shape[0];
+                let fan: usize = shape[1..].iter().product();
+                let matrix = w
+                    .to_shape((o, fan))
+                    .map_err(|e| shape_err(&node.name, e))?
+                    .to_owned();
+                let bias = init(2)
+                    .map(|b| b.iter().copied().collect())
+                    .unwrap_or_else(|| vec![0.0; o]);
+                out.push(LayerWeights {
+                    node_index: i,
+                    node: node.name.clone(),
+                    weight_name: node.inputs[1].clone(),
+                    matrix,
+                    bias,
+                    shape,
+                });
+            }
+            Op::Gemm {
+                alpha,
+                beta,
+                trans_a,
+                trans_b,
+            } => {
+                if *trans_a {
+                    return Err(Error::Unsupported(format!(
+                        "node '{}' (Gemm): transA = 1 is not supported by the fixed-point network",
+                        node.name
+                    )));
+                }
+                let b = init(1).ok_or_else(missing)?;
+                let b2 = b
+                    .view()
+                    .into_dimensionality::<Ix2>()
+                    .map_err(|e| shape_err(&node.name, e))?;
+                let w = if *trans_b {
+                    b2.to_owned()
+                } else {
+                    b2.t().to_owned()
+                };
+                let w = w.mapv(|v| v * alpha);
+                let o = w.nrows();
+                let bias = match init(2) {
+                    Some(c) if c.len() == o => c.iter().map(|v| v * beta).collect(),
+                    Some(c) if c.len() == 1 => {
+                        vec![c.iter().next().copied().unwrap_or(0.0) * beta; o]
+                    }
+                    Some(c) => {
+                        return Err(Error::Unsupported(format!(
+                            "node '{}' (Gemm): bias of shape {:?} is not per output",
+                            node.name,
+                            c.shape()
+                        )));
+                    }
+                    None if node.inputs.len() > 2 => return Err(missing()),
+                    None => vec![0.0; o],
+                };
+                out.push(LayerWeights {
+                    node_index: i,
+                    node: node.name.clone(),
+                    weight_name: node.inputs[1].clone(),
+                    shape: vec![o, w.ncols()],
+                    matrix: w,
+                    bias,
+                });
+            }
+            Op::MatMul => {
+                let b = init(1).ok_or_else(missing)?;
+                let b2 = b
+                    .view()
+                    .into_dimensionality::<Ix2>()
+                    .map_err(|e| shape_err(&node.name, e))?;
+                let w = b2.t().to_owned();
+                let o = w.nrows();
+                out.push(LayerWeights {
+                    node_index: i,
+                    node: node.name.clone(),
+                    weight_name: node.inputs[1].clone(),
+                    shape: vec![o, w.ncols()],
+                    matrix: w,
+                    bias: vec![0.0; o],
+                });
+            }
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Unsupported(
+            "the graph has no Conv, Gemm or MatMul with constant weights to quantize".into(),
+        ));
+    }
+    Ok(out)
+}
+
+fn shape_err(node: &str, e: ndarray::ShapeError) -> Error {
+    Error::ShapeMismatch {
+        what: format!("weights of node '{node}'"),
+        expected: "a 2-D (Gemm/MatMul) or 4-D (Conv) constant".into(),
+        found: e.to_string(),
+    }
+}
+
+/// The tensors that get their own activation format, in graph order: the graph input, then for each
+/// node that produces a new quantized tensor, its output — where a weighted layer is followed by a
+/// `Relu` or `Clip` that is its output's only reader, the activation's output instead (fused).
+/// Returns `(tensor name, producing node index or None for the input)`.
+pub fn activation_points(graph: &Graph) -> Vec<(String, Option<usize>)> {
+    let nodes = graph.nodes();
+    let readers = |t: &str| {
+        nodes
+            .iter()
+            .filter(|n| n.inputs.iter().any(|i| i == t))
+            .count()
+    };
+    let mut points = vec![(graph.input().name.clone(), None)];
+    let mut fused: Vec<bool> = vec![false; nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        match node.op {
+            Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul => {
+                let next = nodes
+                    .iter()
+                    .enumerate()
+                    .skip(i + 1)
+                    .find(|(_, n)| n.inputs.first() == Some(&node.output));
+                let fuse = match next {
+                    Some((j, n)) => {
+                        matches!(n.op, Op::Relu | Op::Clip { .. })
+                            && readers(&node.output) == 1
+                            && node.output != graph.output().name
+                            && {
+                                fused[j] = true;
+                                true
+                            }
+                    }
+                    None => false,
+                };
+                if !fuse {
+                    points.push((node.output.clone(), Some(i)));
+                }
+            }
+            Op::Relu | Op::Clip { .. } if fused[i] => points.push((node.output.clone(), Some(i))),
+            Op::Add
+            | Op::AveragePool { .. }
+            | Op::GlobalAveragePool
+            | Op::Relu
+            | Op::Clip { .. }
+            | Op::Concat { .. } => points.push((node.output.clone(), Some(i))),
+            _ => {}
+        }
+    }
+    points
+}
+
+fn step_format(
+    rule: StepRule,
+    fit: &Fit,
+    data: Option<&[f32]>,
+    bits: u32,
+    signed: bool,
+    grid: Grid,
+) -> Result<QFormat> {
+    match rule {
+        StepRule::Paper { xi_per_sigma } => {
+            let f = QFormat::paper_rule(xi_per_sigma * fit.std(), bits, signed)?;
+            if grid == Grid::MidRise {
+                QFormat::mid_rise(bits, f.frac_bits())
+            } else {
+                Ok(f)
+            }
+        }
+        StepRule::MinExpectedMse => QFormat::min_expected_mse(fit, bits, signed, grid),
+        StepRule::MinDataMse => match data {
+            Some(d) => QFormat::min_data_mse(d, bits, signed, grid),
+            None => QFormat::min_expected_mse(fit, bits, signed, grid),
+        },
+    }
+}
+
+/// Chooses formats for every tensor of `graph` (see the module docs).
+///
+/// # Errors
+/// [`Error::Unsupported`] for a graph without quantizable layers or with weights the fixed-point
+/// network cannot take; [`Error::InvalidArgument`] for a configuration out of range (widths beyond the
+/// kernels' types) or a tensor without calibration statistics; fit errors for constant (zero-variance)
+/// weights or activations; the allocator's errors (notably [`Error::Infeasible`], naming the nearest
+/// feasible budget).
+pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Result<QuantPlan> {
+    validate_config(config)?;
+    let layers = layer_weights(graph)?;
+    // Activation formats and their predicted SQNR terms.
+    let points = activation_points(graph);
+    let mut activations = Vec::with_capacity(points.len());
+    for (tensor, _) in &points {
+        let fit = calibration
+            .fit(tensor)
+            .map_err(|e| with_tensor(e, tensor))?;
+        let signed = !fit.is_non_negative();
+        let bits = if *tensor == graph.output().name {
+            config.output_bits
+        } else {
+            config.activation_bits
+        };
+        let bits = if signed { bits } else { bits.min(15) };
+        let format = step_format(
+            config.activation_step,
+            &fit,
+            None,
+            bits,
+            signed,
+            Grid::MidTread,
+        )?;
+        let predicted_sqnr_db = sqnr::predict_db(&fit, format)?;
+        activations.push(ActivationPlan {
+            tensor: tensor.clone(),
+            format,
+            predicted_sqnr_db,
+        });
+    }
+    // Weight specs.
+    let mut specs = Vec::new();
+    let mut spec_owner: Vec<(usize, usize)> = Vec::new(); // (layer, channel or 0)
+    let mut formats_by_bits: Vec<Vec<HashMap<u32, QFormat>>> = Vec::new();
+    let (bmin, bmax) = (*config.weight_bits.start(), *config.weight_bits.end());
+    for (li, lw) in layers.iter().enumerate() {
+        let groups: Vec<Vec<f32>> = match config.granularity {
+            Granularity::PerTensor => vec![lw.matrix.iter().copied().collect()],
+            Granularity::PerChannel => lw
+                .matrix
+                .axis_iter(Axis(0))
+                .map(|r| r.iter().copied().collect())
+                .collect(),
+        };
+        let total_energy: f64 = lw.matrix.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let mut per_group = Vec::with_capacity(groups.len());
+        for (g, data) in groups.iter().enumerate() {
+            let fit = dist::fit(data).map_err(|e| with_tensor(e, &lw.weight_name))?;
+            let energy: f64 = data.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+            let shift_db = 10.0 * (total_energy / energy).log10();
+            let mut fmts = HashMap::new();
+            let mut values = Vec::new();
+            for bits in bmin..=bmax {
+                let fmt = step_format(
+                    config.weight_step,
+                    &fit,
+                    Some(data),
+                    bits,
+                    true,
+                    config.weight_grid,
+                )?;
+                fmts.insert(bits, fmt);
+                let db = match config.curve {
+                    CurveSource::Measured => sqnr::measure_format_db(data, fmt)?,
+                    CurveSource::Predicted => {
+                        sqnr::predict_db_for(&fit, fit.best_family(), fmt)?.min(sqnr::CURVE_CAP_DB)
+                    }
+                    CurveSource::Linear { kappa_db_per_bit } => kappa_db_per_bit * f64::from(bits),
+                };
+                values.push(
+                    db + if matches!(config.curve, CurveSource::Linear { .. }) {
+                        0.0
+                    } else {
+                        shift_db
+                    },
+                );
+            }
+            let curve = SqnrCurve::Table {
+                min_bits: bmin,
+                sqnr_db: values,
+            };
+            let params = data.len() as u64;
+            let mut spec =
+                LayerSpec::new(format!("{}[{g}]", lw.node), params, curve).bits_range(bmin..=bmax);
+            if let Some(b) = config.equal_weight_bits {
+                spec = spec.pinned(b);
+            }
+            specs.push(spec);
+            spec_owner.push((li, g));
+            per_group.push(fmts);
+        }
+        formats_by_bits.push(per_group);
+    }
+    // Activation terms: pinned, zero cost, constant SQNR.
+    for a in &activations {
+        let v = a.predicted_sqnr_db.min(sqnr::CURVE_CAP_DB);
+        specs.push(
+            LayerSpec::new(
+                a.tensor.clone(),
+                1,
+                SqnrCurve::Table {
+                    min_bits: 1,
+                    sqnr_db: vec![v],
+                },
+            )
+            .bits_range(1..=1)
+            .pinned(1)
+            .cost_per_bit(0),
+        );
+    }
+    let solver = if config.equal_weight_bits.is_some() {
+        Solver::Exact
+    } else {
+        config.solver
+    };
+    let alloc = allocate_bits_with(&specs, config.budget, solver)?;
+    // Assemble weight plans and their predicted SQNR (measured/predicted curves, never the κ line).
+    let mut weights: Vec<WeightPlan> = layers
+        .iter()
+        .map(|lw| WeightPlan {
+            node: lw.node.clone(),
+            weight: lw.weight_name.clone(),
+            params: lw.matrix.len() as u64,
+            out_channels: lw.matrix.nrows(),
+            bits: Vec::new(),
+            formats: Vec::new(),
+            predicted_sqnr_db: 0.0,
+        })
+        .collect();
+    let mut noise_by_layer = vec![0f64; layers.len()];
+    for (k, &(li, g)) in spec_owner.iter().enumerate() {
+        let bits = alloc.bits()[k];
+        let fmt =
+            formats_by_bits[li][g]
+                .get(&bits)
+                .copied()
+                .ok_or_else(|| Error::InvalidArgument {
+                    name: "weight_bits",
+                    reason: format!("no format computed for {bits} bits"),
+                })?;
+        weights[li].bits.push(bits);
+        weights[li].formats.push(fmt);
+        let lw = &layers[li];
+        let data: Vec<f32> = match config.granularity {
+            Granularity::PerTensor => lw.matrix.iter().copied().collect(),
+            Granularity::PerChannel => lw.matrix.row(g).to_vec(),
+        };
+        let total_energy: f64 = lw.matrix.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let energy: f64 = data.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let db = match config.curve {
+            CurveSource::Measured | CurveSource::Linear { .. } => {
+                sqnr::measure_format_db(&data, fmt)?
+            }
+            CurveSource::Predicted => {
+                let fit = dist::fit(&data)?;
+                sqnr::predict_db(&fit, fmt)?
+            }
+        };
+        noise_by_layer[li] += energy / total_energy * sqnr::db_to_linear(-db);
+    }
+    for (w, n) in weights.iter_mut().zip(&noise_by_layer) {
+        w.predicted_sqnr_db = (-sqnr::linear_to_db(*n)).min(sqnr::CURVE_CAP_DB);
+    }
+    let mut terms: Vec<f64> = weights.iter().map(|w| w.predicted_sqnr_db).collect();
+    terms.extend(activations.iter().map(|a| a.predicted_sqnr_db));
+    let predicted_output_sqnr_db = sqnr::network_db(&terms)?;
+    Ok(QuantPlan {
+        weights,
+        activations,
+        predicted_output_sqnr_db,
+    })
+}
+
+fn validate_config(c: &PlanConfig) -> Result<()> {
+    let (lo, hi) = (*c.weight_bits.start(), *c.weight_bits.end());
+    let max_w = if c.weight_grid == Grid::MidRise { 7 } else { 8 };
+    if lo == 0 || lo > hi || hi > max_w {
+        return Err(Error::InvalidArgument {
+            name: "weight_bits",
+            reason: format!(
+                "{lo}..={hi} must be a non-empty range within 1..={max_w} for the i8 kernels ({:?} grid)",
+                c.weight_grid
+            ),
+        });
+    }
+    if let Some(b) = c.equal_weight_bits {
+        if !(lo..=hi).contains(&b) {
+            return Err(Error::InvalidArgument {
+                name: "equal_weight_bits",
+                reason: format!("{b} is outside the allowed weight widths {lo}..={hi}"),
+            });
+        }
+    }
+    for (name, b) in [
+        ("activation_bits", c.activation_bits),
+        ("output_bits", c.output_bits),
+    ] {
+        if !(2..=16).contains(&b) {
+            return Err(Error::InvalidArgument {
+                name,
+                reason: format!("{b} is outside 2..=16 (8 runs in u8/i8, up to 16 in i16)"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn with_tensor(e: Error, tensor: &str) -> Error {
+    match e {
+        Error::ZeroVariance { count, value, .. } => Error::InvalidArgument {
+            name: "tensor",
+            reason: format!(
+                "tensor '{tensor}' is constant ({count} values all equal {value}): no step can be fitted; fold it into a bias or remove the layer"
+            ),
+        },
+        other => other,
+    }
+}
+
+/// Reshapes a layer's `[out, fan_in]` matrix back to the weight's original shape.
+#[allow(dead_code)] // used by the fixed-point executor
+pub(crate) fn matrix_to_shape(m: &Array2<f32>, shape: &[usize]) -> Result<ArrayD<f32>> {
+    m.to_shape(shape.to_vec())
+        .map(|v| v.to_owned())
+        .map_err(|e| Error::ShapeMismatch {
+            what: "weight matrix".into(),
+            expected: format!("{shape:?}"),
+            found: e.to_string(),
+        })
+}
