@@ -19,6 +19,7 @@
 //! * [`dist`] — density families, fitting, streaming accumulators.
 //! * [`fixed`] — [`QFormat`], rounding, [`Quantizer`], [`QTensor`].
 //! * [`sqnr`] — measure, predict, aggregate.
+//! * [`kernels`] — integer kernels: [`Conv2d`], [`Dense`], pooling, residual add (x86-64 SIMD).
 //!
 //! See `docs/design.md` for the map of modules and data flow.
 #![deny(missing_docs)]
@@ -27,10 +28,12 @@
 pub mod dist;
 pub mod error;
 pub mod fixed;
+pub mod kernels;
 pub mod sqnr;
 pub mod table;
 
 pub use dist::{Fit, FitAccumulator};
 pub use error::{Error, Result};
 pub use fixed::{Grid, QFormat, QTensor, Quantizer, Rounding, Storage};
+pub use kernels::{Conv2d, Conv2dParams, Dense, KernelChoice, KernelId, OutputStage};
 pub use table::Family;
