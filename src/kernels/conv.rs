@@ -591,21 +591,26 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         let g = &self.geom;
         let mut buf = std::mem::take(K::X::buffer(scratch));
         let mut taps = std::mem::take(&mut scratch.taps);
-        let res = p.pack_input(g, x, d, layout, range, &mut buf);
-        if res.is_ok() {
-            let chunks = p.fill_taps(g, d.w, &mut taps);
-            let geo = TileGeo {
-                taps: &taps,
-                chunks,
-            };
-            self.drive(p, &geo, &buf, d, layout, out);
-        }
+        let res = p.kernel().in_context(
+            #[inline(always)]
+            || {
+                p.pack_input(g, x, d, layout, range, &mut buf)?;
+                let chunks = p.fill_taps(g, d.w, &mut taps);
+                let geo = TileGeo {
+                    taps: &taps,
+                    chunks,
+                };
+                self.drive(p, &geo, &buf, d, layout, out);
+                Ok(())
+            },
+        );
         *K::X::buffer(scratch) = buf;
         scratch.taps = taps;
         res
     }
 
     /// Splits the call into work units with disjoint output slices and runs them.
+    #[inline(always)]
     fn drive<K: MicroKernel>(
         &self,
         p: &Packed<K>,
@@ -682,16 +687,21 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
                 }
             }
         }
-        let run = |(u, o, b): (Unit, &mut [O], usize)| {
-            p.run_unit(g, geo, &self.requant, buf, d, layout, u, o, b);
-        };
         #[cfg(feature = "rayon")]
         if threads > 1 {
             use rayon::prelude::*;
-            units.into_par_iter().for_each(run);
+            // Each worker re-enters the ISA context (target features do not cross threads).
+            units.into_par_iter().for_each(|(u, o, b)| {
+                p.kernel().in_context(
+                    #[inline(always)]
+                    || p.run_unit(g, geo, &self.requant, buf, d, layout, u, o, b),
+                )
+            });
             return;
         }
-        units.into_iter().for_each(run);
+        for (u, o, b) in units {
+            p.run_unit(g, geo, &self.requant, buf, d, layout, u, o, b);
+        }
     }
 
     fn threads(&self, d: &CallDims) -> usize {

@@ -375,13 +375,31 @@ impl Requant {
         q
     }
 
-    /// Requantizes one exact accumulator of channel `c` (i32 arithmetic, identical to the vector form).
+    /// Requantizes `acc[c] + bias[c]` (wrapping: exact for bounded sums) of channels `c0 + c` into
+    /// `ys` — lane-wise i32 arithmetic that vectorizes (variable shifts: `vpsravd`/`vpsllvd`).
     #[inline(always)]
-    pub(crate) fn apply(&self, c: usize, a: i32) -> i32 {
-        let t = a & self.keep[c];
-        let q = (t >> self.r[c]) + ((t >> self.r1[c]) & self.m[c]);
-        let q = q.clamp(self.pre_lo[c], self.pre_hi[c]) << self.l[c];
-        q.clamp(self.lo[c], self.hi[c])
+    pub(crate) fn apply_block(&self, c0: usize, acc: &[i32], bias: &[i32], ys: &mut [i32]) {
+        let n = ys.len();
+        let (acc, bias) = (&acc[..n], &bias[..n]);
+        let (keep, r, r1, m) = (
+            &self.keep[c0..][..n],
+            &self.r[c0..][..n],
+            &self.r1[c0..][..n],
+            &self.m[c0..][..n],
+        );
+        let (plo, phi, l) = (
+            &self.pre_lo[c0..][..n],
+            &self.pre_hi[c0..][..n],
+            &self.l[c0..][..n],
+        );
+        let (lo, hi) = (&self.lo[c0..][..n], &self.hi[c0..][..n]);
+        for c in 0..n {
+            let t = acc[c].wrapping_add(bias[c]) & keep[c];
+            // r, r1 ≤ 31 and l ≤ 24 by construction.
+            let q = (t >> (r[c] & 31)) + ((t >> (r1[c] & 31)) & m[c]);
+            let q = q.max(plo[c]).min(phi[c]) << (l[c] & 31);
+            ys[c] = q.max(lo[c]).min(hi[c]);
+        }
     }
 }
 

@@ -82,6 +82,12 @@ pub(crate) trait MicroKernel: Copy + Send + Sync + 'static {
     const MR: usize;
     const NR: usize;
     const KW: usize;
+    /// Runs `f` compiled for this kernel's ISA (a `#[target_feature]` trampoline), so the inlined
+    /// driver code around the micro-kernel (packing, requantization) is vectorized for it too.
+    #[inline(always)]
+    fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
     /// `offs.len() == MR`; `w` holds one block; `acc.len() >= MR·NR`. Implementations check bounds.
     fn tile(
         &self,
@@ -230,6 +236,9 @@ impl<K: MicroKernel> Packed<K> {
         }
     }
 
+    pub fn kernel(&self) -> &K {
+        &self.k
+    }
     pub fn n_blocks(&self, g: &Geom) -> usize {
         g.groups * self.n_ob
     }
@@ -238,6 +247,7 @@ impl<K: MicroKernel> Packed<K> {
     }
 
     /// Packs NCHW (or NHWC) input codes into the padded NHWC buffer; checks codes against [lo, hi].
+    #[inline(always)]
     pub fn pack_input<A: Activation8or16>(
         &self,
         g: &Geom,
@@ -247,34 +257,11 @@ impl<K: MicroKernel> Packed<K> {
         range: (i64, i64),
         buf: &mut Vec<K::X>,
     ) -> Result<()> {
-        let (hp, wp) = (d.h + g.pad[0] + g.pad[2], d.w + g.pad[1] + g.pad[3]);
-        let cp = g.groups * self.cg_pad;
-        let cig = g.cig();
-        buf.clear();
-        buf.resize(d.n * hp * wp * cp, K::X::zero_of::<A>());
-        let (mut mn, mut mx) = (i64::MAX, i64::MIN);
-        let hw = d.h * d.w;
-        for n in 0..d.n {
-            for y in 0..d.h {
-                for xx in 0..d.w {
-                    let dst = ((n * hp + y + g.pad[0]) * wp + xx + g.pad[1]) * cp;
-                    for gi in 0..g.groups {
-                        for ic in 0..cig {
-                            let c = gi * cig + ic;
-                            let src = match layout {
-                                Layout::Nchw => (n * g.c_in + c) * hw + y * d.w + xx,
-                                Layout::Nhwc => ((n * d.h + y) * d.w + xx) * g.c_in + c,
-                            };
-                            let v = x[src];
-                            let code = v.to_code();
-                            mn = mn.min(code);
-                            mx = mx.max(code);
-                            buf[dst + gi * self.cg_pad + ic] = K::X::from_act(v);
-                        }
-                    }
-                }
-            }
-        }
+        // Range check first, as one vectorizable min/max pass.
+        let (mn, mx) = x.iter().fold((A::MAX, A::MIN), |(mn, mx), v| {
+            let c = v.to_code();
+            (mn.min(c), mx.max(c))
+        });
         if !x.is_empty() && (mn < range.0 || mx > range.1) {
             return Err(Error::InvalidArgument {
                 name: "input",
@@ -284,11 +271,59 @@ impl<K: MicroKernel> Packed<K> {
                 ),
             });
         }
+        let (hp, wp) = (d.h + g.pad[0] + g.pad[2], d.w + g.pad[1] + g.pad[3]);
+        let cp = g.groups * self.cg_pad;
+        let cig = g.cig();
+        buf.clear();
+        buf.resize(d.n * hp * wp * cp, K::X::zero_of::<A>());
+        let hw = d.h * d.w;
+        match layout {
+            Layout::Nchw => {
+                for n in 0..d.n {
+                    for c in 0..g.c_in {
+                        let (gi, ic) = (c / cig, c % cig);
+                        let src = &x[(n * g.c_in + c) * hw..][..hw];
+                        for y in 0..d.h {
+                            let row = &src[y * d.w..][..d.w];
+                            let dst0 = ((n * hp + y + g.pad[0]) * wp + g.pad[1]) * cp
+                                + gi * self.cg_pad
+                                + ic;
+                            for (o, &v) in buf[dst0..].iter_mut().step_by(cp).zip(row) {
+                                *o = K::X::from_act(v);
+                            }
+                        }
+                    }
+                }
+            }
+            Layout::Nhwc => {
+                for n in 0..d.n {
+                    for y in 0..d.h {
+                        for xx in 0..d.w {
+                            let src = &x[((n * d.h + y) * d.w + xx) * g.c_in..][..g.c_in];
+                            let dst = ((n * hp + y + g.pad[0]) * wp + xx + g.pad[1]) * cp;
+                            if self.cg_pad == cig {
+                                for (o, &v) in buf[dst..dst + g.c_in].iter_mut().zip(src) {
+                                    *o = K::X::from_act(v);
+                                }
+                            } else {
+                                for (gi, chunk) in src.chunks_exact(cig).enumerate() {
+                                    let o = &mut buf[dst + gi * self.cg_pad..][..cig];
+                                    for (o, &v) in o.iter_mut().zip(chunk) {
+                                        *o = K::X::from_act(v);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
     /// Runs one work unit, writing into `out`, whose element 0 is element `out_base` of the output.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub fn run_unit<O: Storage>(
         &self,
         g: &Geom,
@@ -307,6 +342,7 @@ impl<K: MicroKernel> Packed<K> {
         let cog = g.cog();
         let mut offs = [0usize; MAX_MR];
         let mut acc = [0i32; MAX_MR * MAX_NR];
+        let mut ys = [0i32; MAX_NR];
         for b in unit.b0..unit.b1 {
             let (gi, ob) = (b / self.n_ob, b % self.n_ob);
             let wblk = &self.w[b * self.block_len..(b + 1) * self.block_len];
@@ -324,15 +360,26 @@ impl<K: MicroKernel> Packed<K> {
                 self.k.tile(xbuf, &offs[..K::MR], wblk, geo, &mut acc);
                 for p in 0..m {
                     let jj = j + p;
-                    for c in 0..nr_valid {
-                        let oc = oc0 + c;
-                        let a = acc[p * K::NR + c].wrapping_add(self.bias[oc]);
-                        let y = rq.apply(oc, a);
-                        let idx = match layout {
-                            Layout::Nchw => (unit.n * g.c_out + oc) * how + jj,
-                            Layout::Nhwc => (unit.n * how + jj) * g.c_out + oc,
-                        };
-                        out[idx - out_base] = O::from_code(i64::from(y));
+                    let ys = &mut ys[..nr_valid];
+                    rq.apply_block(
+                        oc0,
+                        &acc[p * K::NR..][..nr_valid],
+                        &self.bias[oc0..][..nr_valid],
+                        ys,
+                    );
+                    match layout {
+                        Layout::Nhwc => {
+                            let at = (unit.n * how + jj) * g.c_out + oc0 - out_base;
+                            for (o, &y) in out[at..at + nr_valid].iter_mut().zip(ys.iter()) {
+                                *o = O::from_code(i64::from(y));
+                            }
+                        }
+                        Layout::Nchw => {
+                            let at = (unit.n * g.c_out + oc0) * how + jj - out_base;
+                            for (o, &y) in out[at..].iter_mut().step_by(how).zip(ys.iter()) {
+                                *o = O::from_code(i64::from(y));
+                            }
+                        }
                     }
                 }
                 j += m;

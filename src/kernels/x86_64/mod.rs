@@ -47,7 +47,7 @@ pub(crate) struct Avx2I16(());
 
 impl Avx2I16 {
     pub(crate) fn new() -> Option<Self> {
-        is_x86_feature_detected!("avx2").then_some(Self(()))
+        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then_some(Self(()))
     }
 }
 
@@ -117,12 +117,28 @@ unsafe fn avx2_tile(
     unsafe { avx2_body(x, offs, w, geo, acc) }
 }
 
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_context<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn avx512_context<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 impl MicroKernel for Avx2I16 {
     type X = i16;
     type W = i16;
     const MR: usize = A2_MR;
     const NR: usize = 16;
     const KW: usize = 2;
+    #[inline(always)]
+    fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
+        // SAFETY: `self` exists only if AVX2 was detected (`Avx2I16::new`); FMA comes with every
+        // AVX2 CPU this crate targets and is checked there too.
+        unsafe { avx2_context(f) }
+    }
     fn tile(&self, x: &[i16], offs: &[usize], w: &[i16], geo: &TileGeo<'_>, acc: &mut [i32]) {
         if !in_bounds(x, offs, w, geo, acc, (Self::MR, Self::NR, Self::KW)) {
             debug_assert!(false, "tile out of bounds");
@@ -240,6 +256,11 @@ unsafe fn vnni_i16_tile(
 }
 
 impl MicroKernel for Avx512VnniU8 {
+    #[inline(always)]
+    fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
+        // SAFETY: `self` exists only if AVX-512F/BW/VNNI were detected.
+        unsafe { avx512_context(f) }
+    }
     type X = u8;
     type W = i8;
     const MR: usize = V_MR;
@@ -256,6 +277,11 @@ impl MicroKernel for Avx512VnniU8 {
 }
 
 impl MicroKernel for Avx512VnniI16 {
+    #[inline(always)]
+    fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
+        // SAFETY: `self` exists only if AVX-512F/BW/VNNI were detected.
+        unsafe { avx512_context(f) }
+    }
     type X = i16;
     type W = i16;
     const MR: usize = V_MR;
