@@ -19,6 +19,7 @@
 //! * [`dist`] — density families, fitting, streaming accumulators.
 //! * [`fixed`] — [`QFormat`], rounding, [`Quantizer`], [`QTensor`].
 //! * [`sqnr`] — measure, predict, aggregate.
+//! * [`kernels`] — integer kernels: [`Conv2d`], [`Dense`], pooling, residual add (x86-64 SIMD).
 //!
 //! See `docs/design.md` for the map of modules and data flow.
 #![deny(missing_docs)]

@@ -1,0 +1,757 @@
+//! [`Conv2d`]: a prepared 2-D convolution (stride, padding, dilation, groups) over fixed-point codes.
+
+use std::marker::PhantomData;
+
+use ndarray::{Array4, ArrayView4, ArrayViewMut4, Ix1, Ix4, RemoveAxis};
+
+use super::packed::{CallDims, Geom, Layout, MicroKernel, PackX, Packed, TileGeo, Unit};
+use super::portable::{PortableI16, PortableU8};
+#[cfg(target_arch = "x86_64")]
+use super::x86_64::{Avx2I16, Avx512VnniI16, Avx512VnniU8};
+use super::{
+    Activation8or16, KernelChoice, KernelId, OutputStage, Requant, Scratch, WeightStorage,
+    check_input_format, max_abs_code, reference,
+};
+use crate::error::{Error, Result};
+use crate::fixed::{Grid, QFormat, QTensor};
+
+/// Convolution attributes (ONNX `Conv` / PyTorch `Conv2d` semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// Stride (vertical, horizontal), each ≥ 1.
+    pub stride: [usize; 2],
+    /// Zero padding (top, left, bottom, right), in input pixels.
+    pub padding: [usize; 4],
+    /// Dilation (vertical, horizontal), each ≥ 1.
+    pub dilation: [usize; 2],
+    /// Groups ≥ 1; C_in and C_out must be multiples. Depthwise: groups = C_in = C_out.
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Self {
+            stride: [1, 1],
+            padding: [0; 4],
+            dilation: [1, 1],
+            groups: 1,
+        }
+    }
+}
+
+impl Conv2dParams {
+    /// Stride 1, no padding, no dilation, one group.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The same with stride `s` in both directions.
+    pub fn with_stride(mut self, s: usize) -> Self {
+        self.stride = [s, s];
+        self
+    }
+    /// The same with padding `p` on all four sides.
+    pub fn with_padding(mut self, p: usize) -> Self {
+        self.padding = [p; 4];
+        self
+    }
+    /// The same with dilation `d` in both directions.
+    pub fn with_dilation(mut self, d: usize) -> Self {
+        self.dilation = [d, d];
+        self
+    }
+    /// The same with `g` groups.
+    pub fn with_groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Engine {
+    Reference,
+    PortableU8(Packed<PortableU8>),
+    PortableI16(Packed<PortableI16>),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(Packed<Avx2I16>),
+    #[cfg(target_arch = "x86_64")]
+    VnniU8(Packed<Avx512VnniU8>),
+    #[cfg(target_arch = "x86_64")]
+    VnniI16(Packed<Avx512VnniI16>),
+}
+
+/// A prepared fixed-point 2-D convolution: weights packed once, run many times.
+///
+/// Computes, for every image, output channel o and output pixel,
+/// y = sat(round((b_o + Σ x·w) · 2^−(n_x + n_w(o) − n_y))) (module docs, equations 1–3), with
+/// activations `A` (`i8`, `u8`, `i16`) in and `O` out. Weights may be per-tensor or per-output-channel
+/// (axis 0) and mid-rise (run as 2q+1).
+///
+/// # Example
+/// ```
+/// use fixq::kernels::{Conv2d, Conv2dParams, KernelChoice, OutputStage, Activation};
+/// use fixq::{QFormat, QTensor};
+/// use ndarray::Array4;
+/// // 1 -> 1 channel, 3x3 box filter of ones (weights s8.0), padding 1.
+/// let w = QTensor::from_codes(Array4::<i8>::ones((1, 1, 3, 3)), QFormat::signed(8, 0)?)?;
+/// let conv = Conv2d::<u8, u8>::new(
+///     &w, None, QFormat::unsigned(8, 0)?,
+///     OutputStage::new(QFormat::unsigned(8, 0)?).with_activation(Activation::Relu),
+///     Conv2dParams::new().with_padding(1), KernelChoice::Auto)?;
+/// let x = QTensor::from_codes(Array4::<u8>::from_elem((1, 1, 4, 4), 2), QFormat::unsigned(8, 0)?)?;
+/// let y = conv.forward(&x)?;
+/// assert_eq!(y.codes()[[0, 0, 0, 0]], 8);  // corner: 4 taps of 2
+/// assert_eq!(y.codes()[[0, 0, 1, 1]], 18); // interior: 9 taps of 2
+/// println!("ran {}", conv.kernel());
+/// # Ok::<(), fixq::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Conv2d<A: Activation8or16, O: Activation8or16> {
+    geom: Geom,
+    input_format: QFormat,
+    output: OutputStage,
+    out_range: (i64, i64),
+    w: Vec<i64>,
+    bias: Vec<i64>,
+    requant: Requant,
+    acc_bound: i64,
+    engine: Engine,
+    _t: PhantomData<fn(A) -> O>,
+}
+
+/// Minimum multiply-accumulates per call before work is spread over threads (`rayon` feature).
+#[cfg(feature = "rayon")]
+const PAR_MIN_MACS: usize = 8_000_000;
+
+fn env_forces_reference() -> bool {
+    std::env::var("FIXQ_KERNEL").is_ok_and(|v| v.eq_ignore_ascii_case("reference"))
+}
+
+impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
+    /// Prepares a convolution.
+    ///
+    /// * `weights`: OIHW codes, shape \[C_out, C_in/groups, k_h, k_w\], per-tensor or per-channel
+    ///   along axis 0; mid-tread or mid-rise.
+    /// * `bias`: optional codes, shape \[C_out\], in the accumulator formats of
+    ///   [`Conv2d::bias_formats`] (n_x + n_w(o) fractional bits).
+    /// * `input_format`: the activations' mid-tread format (must fit `A`).
+    /// * `output`: output format (must fit `O`) and fused activation.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for zero sizes, strides, dilations or groups, formats that do not fit
+    /// their storage, or an empty activation range; [`Error::ShapeMismatch`] for channel counts not
+    /// divisible by `groups`, a bias of the wrong length or format; [`Error::Unsupported`] for mid-rise
+    /// activations, a per-channel axis other than 0, or a forced kernel that cannot run here;
+    /// [`Error::AccumulatorOverflow`] if even a 64-bit accumulator could overflow.
+    pub fn new<W: WeightStorage>(
+        weights: &QTensor<W, Ix4>,
+        bias: Option<&QTensor<i32, Ix1>>,
+        input_format: QFormat,
+        output: OutputStage,
+        params: Conv2dParams,
+        choice: KernelChoice,
+    ) -> Result<Self> {
+        let s = weights.codes().shape();
+        let (c_out, cig, kh, kw) = (s[0], s[1], s[2], s[3]);
+        let groups = params.groups;
+        for (name, v) in [
+            ("stride", params.stride[0].min(params.stride[1])),
+            ("dilation", params.dilation[0].min(params.dilation[1])),
+            ("groups", groups),
+            ("weights shape", c_out.min(cig).min(kh).min(kw)),
+        ] {
+            if v == 0 {
+                return Err(Error::InvalidArgument {
+                    name,
+                    reason: "must be at least 1 (no zero sizes)".into(),
+                });
+            }
+        }
+        if c_out % groups != 0 {
+            return Err(Error::ShapeMismatch {
+                what: "output channels vs groups".into(),
+                expected: format!("a multiple of {groups}"),
+                found: format!("{c_out}"),
+            });
+        }
+        let geom = Geom {
+            c_in: cig * groups,
+            c_out,
+            kh,
+            kw,
+            stride: params.stride,
+            pad: params.padding,
+            dil: params.dilation,
+            groups,
+        };
+        let (w, wfmt) = effective_weights(weights)?;
+        Self::from_parts(geom, w, &wfmt, bias, input_format, output, choice)
+    }
+
+    /// The accumulator formats the bias must use: signed 32-bit with n_x + n_w(o) fractional bits, one
+    /// per output channel (mid-rise weights count as their 2q+1 format).
+    ///
+    /// # Errors
+    /// As [`QFormat::new`] if a sum of fractional bits is out of range; [`Error::Unsupported`] for a
+    /// per-channel axis other than 0.
+    pub fn bias_formats<W: WeightStorage>(
+        weights: &QTensor<W, Ix4>,
+        input_format: QFormat,
+    ) -> Result<Vec<QFormat>> {
+        let (_, wfmt) = effective_weights(weights)?;
+        wfmt.iter()
+            .map(|f| QFormat::signed(32, input_format.frac_bits() + f.frac_bits()))
+            .collect()
+    }
+
+    pub(crate) fn from_parts(
+        geom: Geom,
+        w: Vec<i64>,
+        wfmt: &[QFormat],
+        bias: Option<&QTensor<i32, Ix1>>,
+        input_format: QFormat,
+        output: OutputStage,
+        choice: KernelChoice,
+    ) -> Result<Self> {
+        check_input_format::<A>(input_format)?;
+        let out_range = output.code_range::<O>()?;
+        let c_out = geom.c_out;
+        let k_len = geom.cig() * geom.kh * geom.kw;
+        let acc_frac: Vec<i32> = wfmt
+            .iter()
+            .map(|f| input_format.frac_bits() + f.frac_bits())
+            .collect();
+        let bias: Vec<i64> = match bias {
+            None => vec![0; c_out],
+            Some(b) => {
+                if b.codes().len() != c_out {
+                    return Err(Error::ShapeMismatch {
+                        what: "bias length".into(),
+                        expected: format!("{c_out} (output channels)"),
+                        found: format!("{}", b.codes().len()),
+                    });
+                }
+                for (o, &fr) in acc_frac.iter().enumerate() {
+                    let bf = b.format_of_channel(o);
+                    if bf.frac_bits() != fr || bf.grid() != Grid::MidTread {
+                        return Err(Error::ShapeMismatch {
+                            what: format!("bias format of output channel {o}"),
+                            expected: format!("mid-tread with {fr} fractional bits (n_x + n_w)"),
+                            found: format!("{bf}"),
+                        });
+                    }
+                }
+                b.codes().iter().map(|&v| i64::from(v)).collect()
+            }
+        };
+        // Accumulator bound (module docs): B_o = max|x|·Σ|w| + |b|.
+        let xmax = i128::from(max_abs_code(&input_format));
+        let mut bound: i128 = 0;
+        for o in 0..c_out {
+            let wsum: i128 = w[o * k_len..(o + 1) * k_len]
+                .iter()
+                .map(|v| i128::from(v.abs()))
+                .sum();
+            bound = bound.max(xmax * wsum + i128::from(bias[o].abs()));
+        }
+        if bound > 1i128 << 62 {
+            return Err(Error::AccumulatorOverflow {
+                reason: format!(
+                    "max|x|·Σ|w| + |b| = {bound} exceeds 2^62 (input {input_format}, K = {k_len})"
+                ),
+            });
+        }
+        let acc_bound = bound as i64;
+        let shifts: Vec<i32> = acc_frac
+            .iter()
+            .map(|f| f - output.format.frac_bits())
+            .collect();
+        let requant = Requant::new(&shifts, out_range.0, out_range.1);
+        let fits_i32 = acc_bound <= i64::from(i32::MAX);
+        let wmin = wfmt.iter().map(|f| f.min_code()).min().unwrap_or(0);
+        let wmax = wfmt.iter().map(|f| f.max_code()).max().unwrap_or(0);
+        let ok8 = fits_i32 && A::MAX <= 255 && wmin >= -128 && wmax <= 127;
+        let ok16 = fits_i32 && wmin >= -32768 && wmax <= 32767;
+        let want = match choice {
+            KernelChoice::Reference => KernelId::Reference,
+            KernelChoice::Auto if env_forces_reference() => KernelId::Reference,
+            KernelChoice::Auto => [
+                KernelId::Avx512VnniU8I8,
+                KernelId::Avx512VnniI16I16,
+                KernelId::Avx2I16I16,
+                KernelId::PortableU8I8,
+                KernelId::PortableI16I16,
+            ]
+            .into_iter()
+            .find(|id| {
+                id.is_supported()
+                    && match id {
+                        KernelId::Avx512VnniU8I8 | KernelId::PortableU8I8 => ok8,
+                        _ => ok16,
+                    }
+            })
+            .unwrap_or(KernelId::Reference),
+            KernelChoice::Force(id) => id,
+        };
+        let g = &geom;
+        let unfit = |why: &str| {
+            Err(Error::Unsupported(format!(
+                "kernel {} cannot run this layer: {why}",
+                want.name()
+            )))
+        };
+        let needs = match want {
+            KernelId::Reference => true,
+            KernelId::PortableU8I8 | KernelId::Avx512VnniU8I8 => ok8,
+            _ => ok16,
+        };
+        if !needs {
+            return unfit(if fits_i32 {
+                "activation or weight codes too wide"
+            } else {
+                "the accumulator bound exceeds i32"
+            });
+        }
+        if !want.is_supported() {
+            return unfit("this CPU lacks its instruction set");
+        }
+        let engine = match want {
+            KernelId::Reference => Engine::Reference,
+            KernelId::PortableU8I8 => {
+                Engine::PortableU8(Packed::new::<A>(PortableU8, g, &w, &bias))
+            }
+            KernelId::PortableI16I16 => {
+                Engine::PortableI16(Packed::new::<A>(PortableI16, g, &w, &bias))
+            }
+            #[cfg(target_arch = "x86_64")]
+            KernelId::Avx2I16I16 => match Avx2I16::new() {
+                Some(k) => Engine::Avx2(Packed::new::<A>(k, g, &w, &bias)),
+                None => return unfit("this CPU lacks AVX2"),
+            },
+            #[cfg(target_arch = "x86_64")]
+            KernelId::Avx512VnniU8I8 => match Avx512VnniU8::new() {
+                Some(k) => Engine::VnniU8(Packed::new::<A>(k, g, &w, &bias)),
+                None => return unfit("this CPU lacks AVX-512 VNNI"),
+            },
+            #[cfg(target_arch = "x86_64")]
+            KernelId::Avx512VnniI16I16 => match Avx512VnniI16::new() {
+                Some(k) => Engine::VnniI16(Packed::new::<A>(k, g, &w, &bias)),
+                None => return unfit("this CPU lacks AVX-512 VNNI"),
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => return unfit("not an x86-64 CPU"),
+        };
+        Ok(Self {
+            geom,
+            input_format,
+            output,
+            out_range,
+            w,
+            bias,
+            requant,
+            acc_bound,
+            engine,
+            _t: PhantomData,
+        })
+    }
+
+    /// The kernel this layer selected.
+    pub fn kernel(&self) -> KernelId {
+        match &self.engine {
+            Engine::Reference => KernelId::Reference,
+            Engine::PortableU8(_) => KernelId::PortableU8I8,
+            Engine::PortableI16(_) => KernelId::PortableI16I16,
+            #[cfg(target_arch = "x86_64")]
+            Engine::Avx2(_) => KernelId::Avx2I16I16,
+            #[cfg(target_arch = "x86_64")]
+            Engine::VnniU8(_) => KernelId::Avx512VnniU8I8,
+            #[cfg(target_arch = "x86_64")]
+            Engine::VnniI16(_) => KernelId::Avx512VnniI16I16,
+        }
+    }
+
+    /// The proven bound max_o (max|x|·Σₖ|w_{o,k}| + |b_o|) on every partial sum (module docs).
+    pub fn accumulator_bound(&self) -> i64 {
+        self.acc_bound
+    }
+    /// The input format the layer was prepared for.
+    pub fn input_format(&self) -> QFormat {
+        self.input_format
+    }
+    /// The output stage.
+    pub fn output_stage(&self) -> OutputStage {
+        self.output
+    }
+    /// Input channels C_in.
+    pub fn in_channels(&self) -> usize {
+        self.geom.c_in
+    }
+    /// Output channels C_out.
+    pub fn out_channels(&self) -> usize {
+        self.geom.c_out
+    }
+
+    /// NCHW output shape for an NCHW input shape.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if the channel count differs from C_in or the padded input is smaller
+    /// than the dilated kernel.
+    pub fn output_shape(&self, input: [usize; 4]) -> Result<[usize; 4]> {
+        if input[1] != self.geom.c_in {
+            return Err(Error::ShapeMismatch {
+                what: "input channels".into(),
+                expected: format!("{}", self.geom.c_in),
+                found: format!("{}", input[1]),
+            });
+        }
+        let (oh, ow) = self.geom.out_hw(input[2], input[3])?;
+        Ok([input[0], self.geom.c_out, oh, ow])
+    }
+
+    /// Runs the layer on NCHW codes, allocating the output and scratch.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if `x`'s format is not the prepared input format (per-tensor) or its
+    /// shape does not fit; [`Error::InvalidArgument`] if a code lies outside the input format.
+    pub fn forward(&self, x: &QTensor<A, Ix4>) -> Result<QTensor<O, Ix4>> {
+        if x.channel_axis().is_some() || x.format() != self.input_format {
+            return Err(Error::ShapeMismatch {
+                what: "input format".into(),
+                expected: format!("per-tensor {}", self.input_format),
+                found: format!("{:?}", x.formats()),
+            });
+        }
+        let shape = self.output_shape(nchw(x.codes().shape()))?;
+        let mut out = Array4::<O>::default(shape);
+        self.forward_into(x.codes().view(), out.view_mut(), &mut Scratch::new())?;
+        QTensor::from_codes(out, self.output.format)
+    }
+
+    /// Runs the layer on NCHW codes `x` (in the prepared input format) into NCHW `out`, reusing
+    /// `scratch`. `out` must be in standard (C-contiguous) layout.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] for wrong input or output shapes; [`Error::InvalidArgument`] for a
+    /// non-contiguous `out` or input codes outside the input format.
+    pub fn forward_into(
+        &self,
+        x: ArrayView4<'_, A>,
+        out: ArrayViewMut4<'_, O>,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        self.run(x, out, scratch, Layout::Nchw)
+    }
+
+    /// As [`Conv2d::forward_into`] with NHWC input [N, H, W, C_in] and NHWC output [N, OH, OW, C_out],
+    /// so an executor can keep activations NHWC between layers (no transposes).
+    ///
+    /// # Errors
+    /// As [`Conv2d::forward_into`].
+    pub fn forward_nhwc_into(
+        &self,
+        x: ArrayView4<'_, A>,
+        out: ArrayViewMut4<'_, O>,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        self.run(x, out, scratch, Layout::Nhwc)
+    }
+
+    fn run(
+        &self,
+        x: ArrayView4<'_, A>,
+        mut out: ArrayViewMut4<'_, O>,
+        scratch: &mut Scratch,
+        layout: Layout,
+    ) -> Result<()> {
+        let xs = nchw(x.shape());
+        let (n, c, h, w) = match layout {
+            Layout::Nchw => (xs[0], xs[1], xs[2], xs[3]),
+            Layout::Nhwc => (xs[0], xs[3], xs[1], xs[2]),
+        };
+        let [_, co, oh, ow] = self.output_shape([n, c, h, w])?;
+        let want = match layout {
+            Layout::Nchw => [n, co, oh, ow],
+            Layout::Nhwc => [n, oh, ow, co],
+        };
+        if out.shape() != want {
+            return Err(Error::ShapeMismatch {
+                what: "output shape".into(),
+                expected: format!("{want:?}"),
+                found: format!("{:?}", out.shape()),
+            });
+        }
+        let Some(out) = out.as_slice_mut() else {
+            return Err(Error::InvalidArgument {
+                name: "out",
+                reason: "must be in standard (C-contiguous) layout".into(),
+            });
+        };
+        let owned;
+        let xsl = match x.as_slice() {
+            Some(s) => s,
+            None => {
+                owned = x.as_standard_layout().into_owned();
+                owned.as_slice().unwrap_or(&[])
+            }
+        };
+        let d = CallDims { n, h, w, oh, ow };
+        let range = (self.input_format.min_code(), self.input_format.max_code());
+        match &self.engine {
+            Engine::Reference => self.run_reference(xsl, &d, layout, range, out),
+            Engine::PortableU8(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
+            Engine::PortableI16(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
+            #[cfg(target_arch = "x86_64")]
+            Engine::Avx2(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
+            #[cfg(target_arch = "x86_64")]
+            Engine::VnniU8(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
+            #[cfg(target_arch = "x86_64")]
+            Engine::VnniI16(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
+        }
+    }
+
+    fn run_reference(
+        &self,
+        x: &[A],
+        d: &CallDims,
+        layout: Layout,
+        range: (i64, i64),
+        out: &mut [O],
+    ) -> Result<()> {
+        if let Some(bad) = x
+            .iter()
+            .map(|v| v.to_code())
+            .find(|&v| v < range.0 || v > range.1)
+        {
+            return Err(Error::InvalidArgument {
+                name: "input",
+                reason: format!(
+                    "code {bad} is outside the input format's {}..={}",
+                    range.0, range.1
+                ),
+            });
+        }
+        let g = &self.geom;
+        let shape = match layout {
+            Layout::Nchw => [d.n, g.c_in, d.h, d.w],
+            Layout::Nhwc => [d.n, d.h, d.w, g.c_in],
+        };
+        let view = ArrayView4::from_shape(shape, x).map_err(|e| Error::InvalidArgument {
+            name: "input",
+            reason: e.to_string(),
+        })?;
+        let view = match layout {
+            Layout::Nchw => view,
+            Layout::Nhwc => view.permuted_axes([0, 3, 1, 2]),
+        };
+        let args = (&self.w[..], &self.bias[..], &self.requant.shift[..]);
+        match layout {
+            Layout::Nchw => reference::conv2d(
+                g,
+                view,
+                args.0,
+                args.1,
+                args.2,
+                self.out_range,
+                (d.oh, d.ow),
+                out,
+            ),
+            Layout::Nhwc => {
+                let mut tmp = vec![O::default(); out.len()];
+                reference::conv2d(
+                    g,
+                    view,
+                    args.0,
+                    args.1,
+                    args.2,
+                    self.out_range,
+                    (d.oh, d.ow),
+                    &mut tmp,
+                );
+                let how = d.oh * d.ow;
+                for (i, v) in tmp.into_iter().enumerate() {
+                    let (b, rest) = (i / (g.c_out * how), i % (g.c_out * how));
+                    let (c, j) = (rest / how, rest % how);
+                    out[(b * how + j) * g.c_out + c] = v;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_packed<K: MicroKernel>(
+        &self,
+        p: &Packed<K>,
+        x: &[A],
+        d: &CallDims,
+        layout: Layout,
+        range: (i64, i64),
+        out: &mut [O],
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        let g = &self.geom;
+        let mut buf = std::mem::take(K::X::buffer(scratch));
+        let mut taps = std::mem::take(&mut scratch.taps);
+        let res = p.kernel().in_context(
+            #[inline(always)]
+            || {
+                p.pack_input(g, x, d, layout, range, &mut buf)?;
+                let chunks = p.fill_taps(g, d.w, &mut taps);
+                let geo = TileGeo {
+                    taps: &taps,
+                    chunks,
+                };
+                self.drive(p, &geo, &buf, d, layout, out);
+                Ok(())
+            },
+        );
+        *K::X::buffer(scratch) = buf;
+        scratch.taps = taps;
+        res
+    }
+
+    /// Splits the call into work units with disjoint output slices and runs them.
+    #[inline(always)]
+    fn drive<K: MicroKernel>(
+        &self,
+        p: &Packed<K>,
+        geo: &TileGeo<'_>,
+        buf: &[K::X],
+        d: &CallDims,
+        layout: Layout,
+        out: &mut [O],
+    ) {
+        let g = &self.geom;
+        let how = d.oh * d.ow;
+        let nb = p.n_blocks(g);
+        let mut units: Vec<(Unit, &mut [O], usize)> = Vec::new();
+        let mut rest = out;
+        let mut base = 0;
+        let threads = self.threads(d);
+        match layout {
+            Layout::Nchw => {
+                // One unit per (image, channel block): its output channels are contiguous.
+                let cog = g.cog();
+                for n in 0..d.n {
+                    let per_unit = if threads > 1 { 1 } else { nb };
+                    let mut b = 0;
+                    while b < nb {
+                        let b1 = (b + per_unit).min(nb);
+                        let ch: usize = (b..b1)
+                            .map(|bb| p.nr().min(cog - (bb % (nb / g.groups)) * p.nr()))
+                            .sum();
+                        let (head, tail) = rest.split_at_mut(ch * how);
+                        units.push((
+                            Unit {
+                                n,
+                                j0: 0,
+                                j1: how,
+                                b0: b,
+                                b1,
+                            },
+                            head,
+                            base,
+                        ));
+                        base += ch * how;
+                        rest = tail;
+                        b = b1;
+                    }
+                }
+            }
+            Layout::Nhwc => {
+                let parts = if threads > 1 {
+                    (threads * 4).min(how.div_ceil(K::MR)).max(1)
+                } else {
+                    1
+                };
+                let step = how.div_ceil(parts);
+                for n in 0..d.n {
+                    let mut j0 = 0;
+                    while j0 < how {
+                        let j1 = (j0 + step).min(how);
+                        let (head, tail) = rest.split_at_mut((j1 - j0) * g.c_out);
+                        units.push((
+                            Unit {
+                                n,
+                                j0,
+                                j1,
+                                b0: 0,
+                                b1: nb,
+                            },
+                            head,
+                            base,
+                        ));
+                        base += (j1 - j0) * g.c_out;
+                        rest = tail;
+                        j0 = j1;
+                    }
+                }
+            }
+        }
+        #[cfg(feature = "rayon")]
+        if threads > 1 {
+            use rayon::prelude::*;
+            // Each worker re-enters the ISA context (target features do not cross threads).
+            units.into_par_iter().for_each(|(u, o, b)| {
+                p.kernel().in_context(
+                    #[inline(always)]
+                    || p.run_unit(g, geo, &self.requant, buf, d, layout, u, o, b),
+                )
+            });
+            return;
+        }
+        for (u, o, b) in units {
+            p.run_unit(g, geo, &self.requant, buf, d, layout, u, o, b);
+        }
+    }
+
+    fn threads(&self, d: &CallDims) -> usize {
+        #[cfg(feature = "rayon")]
+        {
+            let macs =
+                d.n * d.oh * d.ow * self.geom.c_out * self.geom.cig() * self.geom.kh * self.geom.kw;
+            if macs >= PAR_MIN_MACS {
+                return rayon::current_num_threads();
+            }
+        }
+        let _ = d;
+        1
+    }
+}
+
+fn nchw(s: &[usize]) -> [usize; 4] {
+    [s[0], s[1], s[2], s[3]]
+}
+
+/// Effective weight codes (mid-rise as 2q+1) and formats, one per output channel.
+pub(crate) fn effective_weights<W: WeightStorage, D: RemoveAxis>(
+    weights: &QTensor<W, D>,
+) -> Result<(Vec<i64>, Vec<QFormat>)> {
+    let c_out = weights.codes().shape()[0];
+    if let Some(axis) = weights.channel_axis()
+        && axis != 0
+    {
+        return Err(Error::Unsupported(format!(
+            "per-channel weight formats along axis {axis}; only axis 0 (output channel) is supported"
+        )));
+    }
+    let fmts: Vec<QFormat> = (0..c_out).map(|o| weights.format_of_channel(o)).collect();
+    let eff: Vec<QFormat> = fmts
+        .iter()
+        .map(|f| f.as_mid_tread_odd())
+        .collect::<Result<_>>()?;
+    let per = weights.codes().len() / c_out.max(1);
+    let codes = weights.codes().as_standard_layout();
+    let w = codes
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| {
+            let q = q.to_code();
+            if fmts[i / per].grid() == Grid::MidRise {
+                2 * q + 1
+            } else {
+                q
+            }
+        })
+        .collect();
+    Ok((w, eff))
+}

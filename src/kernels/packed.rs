@@ -1,0 +1,402 @@
+//! The packed implicit-GEMM driver shared by every fast kernel: weight packing, input packing into a
+//! zero-padded NHWC buffer, tiling over (image, group, output-channel block, pixel block) and the
+//! output stage. A [`MicroKernel`] only computes one MR × NR tile of i32 accumulators.
+//!
+//! Weights of group g and output-channel block b are one contiguous run
+//! `[tap = (k_y, k_x)][input chunk of KW channels][NR output channels][KW]`, zero-padded in both the
+//! output channels (to NR) and the per-group input channels (to a multiple of KW). The input buffer is
+//! `[n][H + pad_t + pad_b][W + pad_l + pad_r][groups · C_in/groups rounded up to KW]`, filled with the
+//! code of real zero (0, or 128 for i8 activations in the biased-u8 domain).
+
+use super::{Activation8or16, Requant};
+use crate::error::{Error, Result};
+use crate::fixed::Storage;
+
+/// Largest MR of any micro-kernel (sizes the stack arrays of pixel offsets).
+pub(crate) const MAX_MR: usize = 12;
+/// Largest NR of any micro-kernel.
+pub(crate) const MAX_NR: usize = 32;
+
+/// Offsets (in packed-input elements) the micro-kernel adds to each pixel's base.
+#[derive(Debug, Clone)]
+pub(crate) struct TileGeo<'a> {
+    /// One offset per kernel tap (k_y, k_x), row-major.
+    pub taps: &'a [usize],
+    /// Number of KW-wide input-channel chunks per tap.
+    pub chunks: usize,
+}
+
+/// Packed activation element: `u8` (VNNI) or `i16` (`vpmaddwd`).
+pub(crate) trait PackX: Copy + Default + Send + Sync + 'static {
+    fn from_act<A: Activation8or16>(a: A) -> Self;
+    fn zero_of<A: Activation8or16>() -> Self;
+    fn buffer(s: &mut super::Scratch) -> &mut Vec<Self>;
+    const IS_U8: bool;
+}
+impl PackX for u8 {
+    #[inline(always)]
+    fn from_act<A: Activation8or16>(a: A) -> Self {
+        a.to_u8_biased().unwrap_or(0)
+    }
+    fn zero_of<A: Activation8or16>() -> Self {
+        A::U8_OFFSET as u8
+    }
+    fn buffer(s: &mut super::Scratch) -> &mut Vec<Self> {
+        &mut s.u8s
+    }
+    const IS_U8: bool = true;
+}
+impl PackX for i16 {
+    #[inline(always)]
+    fn from_act<A: Activation8or16>(a: A) -> Self {
+        a.to_i16()
+    }
+    fn zero_of<A: Activation8or16>() -> Self {
+        0
+    }
+    fn buffer(s: &mut super::Scratch) -> &mut Vec<Self> {
+        &mut s.i16s
+    }
+    const IS_U8: bool = false;
+}
+
+/// Packed weight element: `i8` or `i16`.
+pub(crate) trait PackW: Copy + Default + Send + Sync + 'static {
+    fn from_code(v: i64) -> Self;
+}
+impl PackW for i8 {
+    fn from_code(v: i64) -> Self {
+        v as i8
+    }
+}
+impl PackW for i16 {
+    fn from_code(v: i64) -> Self {
+        v as i16
+    }
+}
+
+/// One register-blocked tile: `acc[p·NR + c]` = Σ over taps, chunks and KW of x · w, wrapping i32.
+pub(crate) trait MicroKernel: Copy + Send + Sync + 'static {
+    type X: PackX;
+    type W: PackW;
+    const MR: usize;
+    const NR: usize;
+    const KW: usize;
+    /// Runs `f` compiled for this kernel's ISA (a `#[target_feature]` trampoline), so the inlined
+    /// driver code around the micro-kernel (packing, requantization) is vectorized for it too.
+    #[inline(always)]
+    fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
+    /// `offs.len() == MR`; `w` holds one block; `acc.len() >= MR·NR`. Implementations check bounds.
+    fn tile(
+        &self,
+        x: &[Self::X],
+        offs: &[usize],
+        w: &[Self::W],
+        geo: &TileGeo<'_>,
+        acc: &mut [i32],
+    );
+}
+
+/// Convolution geometry (NCHW sizes, OIHW kernel), validated by the layer constructor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geom {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    /// top, left, bottom, right
+    pub pad: [usize; 4],
+    pub dil: [usize; 2],
+    pub groups: usize,
+}
+
+impl Geom {
+    pub fn cig(&self) -> usize {
+        self.c_in / self.groups
+    }
+    pub fn cog(&self) -> usize {
+        self.c_out / self.groups
+    }
+    /// Output (height, width) for input (h, w), or an error if the kernel does not fit.
+    pub fn out_hw(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        let eh = self.dil[0] * (self.kh - 1) + 1;
+        let ew = self.dil[1] * (self.kw - 1) + 1;
+        let hp = h + self.pad[0] + self.pad[2];
+        let wp = w + self.pad[1] + self.pad[3];
+        if hp < eh || wp < ew {
+            return Err(Error::ShapeMismatch {
+                what: "convolution input size".into(),
+                expected: format!("padded input at least {eh}x{ew} (dilated kernel)"),
+                found: format!("{hp}x{wp}"),
+            });
+        }
+        Ok((
+            (hp - eh) / self.stride[0] + 1,
+            (wp - ew) / self.stride[1] + 1,
+        ))
+    }
+}
+
+/// Output layout of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    Nchw,
+    Nhwc,
+}
+
+/// Weights packed for micro-kernel K, plus the bias with the +128 correction folded in.
+#[derive(Debug, Clone)]
+pub(crate) struct Packed<K: MicroKernel> {
+    k: K,
+    w: Vec<K::W>,
+    bias: Vec<i32>,
+    cg_pad: usize,
+    n_ob: usize,
+    block_len: usize,
+}
+
+/// Work unit: image n, pixel range [j0, j1) of its output, blocks (g, ob) from `blocks`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unit {
+    pub n: usize,
+    pub j0: usize,
+    pub j1: usize,
+    /// Range of flat block indices g·n_ob + ob.
+    pub b0: usize,
+    pub b1: usize,
+}
+
+/// Input-side sizes of one call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallDims {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl<K: MicroKernel> Packed<K> {
+    /// Packs OIHW effective weight codes `w` (each fitting K::W) and the i64 bias.
+    pub fn new<A: Activation8or16>(k: K, g: &Geom, w: &[i64], bias: &[i64]) -> Self {
+        let (cig, cog) = (g.cig(), g.cog());
+        let cg_pad = cig.div_ceil(K::KW);
+        let chunks = cg_pad;
+        let cg_pad = cg_pad * K::KW;
+        let n_ob = cog.div_ceil(K::NR);
+        let taps = g.kh * g.kw;
+        let block_len = taps * chunks * K::NR * K::KW;
+        let mut out = vec![K::W::default(); g.groups * n_ob * block_len];
+        for gi in 0..g.groups {
+            for ob in 0..n_ob {
+                let base = (gi * n_ob + ob) * block_len;
+                for t in 0..taps {
+                    for ch in 0..chunks {
+                        for c in 0..K::NR {
+                            for kk in 0..K::KW {
+                                let (oc, ic) = (ob * K::NR + c, ch * K::KW + kk);
+                                if oc < cog && ic < cig {
+                                    let o = gi * cog + oc;
+                                    let v = w[(o * cig + ic) * taps + t];
+                                    let i = base + ((t * chunks + ch) * K::NR + c) * K::KW + kk;
+                                    out[i] = K::W::from_code(v);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let _ = cg_pad;
+        let off = if K::X::IS_U8 {
+            i64::from(A::U8_OFFSET)
+        } else {
+            0
+        };
+        let k_len = cig * taps;
+        let bias = bias
+            .iter()
+            .enumerate()
+            .map(|(o, &b)| {
+                let wsum: i64 = w[o * k_len..(o + 1) * k_len].iter().sum();
+                // Wrapping is intended: the final accumulator is exact modulo 2^32 and in range.
+                (b - off * wsum) as i32
+            })
+            .collect();
+        Packed {
+            k,
+            w: out,
+            bias,
+            cg_pad: cig.div_ceil(K::KW) * K::KW,
+            n_ob,
+            block_len,
+        }
+    }
+
+    pub fn kernel(&self) -> &K {
+        &self.k
+    }
+    pub fn n_blocks(&self, g: &Geom) -> usize {
+        g.groups * self.n_ob
+    }
+    pub fn nr(&self) -> usize {
+        K::NR
+    }
+
+    /// Packs NCHW (or NHWC) input codes into the padded NHWC buffer; checks codes against [lo, hi].
+    #[inline(always)]
+    pub fn pack_input<A: Activation8or16>(
+        &self,
+        g: &Geom,
+        x: &[A],
+        d: &CallDims,
+        layout: Layout,
+        range: (i64, i64),
+        buf: &mut Vec<K::X>,
+    ) -> Result<()> {
+        // Range check first, as one vectorizable min/max pass.
+        let (mn, mx) = x.iter().fold((A::MAX, A::MIN), |(mn, mx), v| {
+            let c = v.to_code();
+            (mn.min(c), mx.max(c))
+        });
+        if !x.is_empty() && (mn < range.0 || mx > range.1) {
+            return Err(Error::InvalidArgument {
+                name: "input",
+                reason: format!(
+                    "codes span {mn}..={mx}, outside the input format's {}..={}",
+                    range.0, range.1
+                ),
+            });
+        }
+        let (hp, wp) = (d.h + g.pad[0] + g.pad[2], d.w + g.pad[1] + g.pad[3]);
+        let cp = g.groups * self.cg_pad;
+        let cig = g.cig();
+        buf.clear();
+        buf.resize(d.n * hp * wp * cp, K::X::zero_of::<A>());
+        let hw = d.h * d.w;
+        match layout {
+            Layout::Nchw => {
+                for n in 0..d.n {
+                    for c in 0..g.c_in {
+                        let (gi, ic) = (c / cig, c % cig);
+                        let src = &x[(n * g.c_in + c) * hw..][..hw];
+                        for y in 0..d.h {
+                            let row = &src[y * d.w..][..d.w];
+                            let dst0 = ((n * hp + y + g.pad[0]) * wp + g.pad[1]) * cp
+                                + gi * self.cg_pad
+                                + ic;
+                            for (o, &v) in buf[dst0..].iter_mut().step_by(cp).zip(row) {
+                                *o = K::X::from_act(v);
+                            }
+                        }
+                    }
+                }
+            }
+            Layout::Nhwc => {
+                for n in 0..d.n {
+                    for y in 0..d.h {
+                        for xx in 0..d.w {
+                            let src = &x[((n * d.h + y) * d.w + xx) * g.c_in..][..g.c_in];
+                            let dst = ((n * hp + y + g.pad[0]) * wp + xx + g.pad[1]) * cp;
+                            if self.cg_pad == cig {
+                                for (o, &v) in buf[dst..dst + g.c_in].iter_mut().zip(src) {
+                                    *o = K::X::from_act(v);
+                                }
+                            } else {
+                                for (gi, chunk) in src.chunks_exact(cig).enumerate() {
+                                    let o = &mut buf[dst + gi * self.cg_pad..][..cig];
+                                    for (o, &v) in o.iter_mut().zip(chunk) {
+                                        *o = K::X::from_act(v);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one work unit, writing into `out`, whose element 0 is element `out_base` of the output.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn run_unit<O: Storage>(
+        &self,
+        g: &Geom,
+        geo: &TileGeo<'_>,
+        rq: &Requant,
+        xbuf: &[K::X],
+        d: &CallDims,
+        layout: Layout,
+        unit: Unit,
+        out: &mut [O],
+        out_base: usize,
+    ) {
+        let (hp, wp) = (d.h + g.pad[0] + g.pad[2], d.w + g.pad[1] + g.pad[3]);
+        let cp = g.groups * self.cg_pad;
+        let how = d.oh * d.ow;
+        let cog = g.cog();
+        let mut offs = [0usize; MAX_MR];
+        let mut acc = [0i32; MAX_MR * MAX_NR];
+        let mut ys = [0i32; MAX_NR];
+        for b in unit.b0..unit.b1 {
+            let (gi, ob) = (b / self.n_ob, b % self.n_ob);
+            let wblk = &self.w[b * self.block_len..(b + 1) * self.block_len];
+            let oc0 = gi * cog + ob * K::NR;
+            let nr_valid = K::NR.min(cog - ob * K::NR);
+            let mut j = unit.j0;
+            while j < unit.j1 {
+                let m = K::MR.min(unit.j1 - j);
+                for (p, o) in offs.iter_mut().take(K::MR).enumerate() {
+                    let jj = j + p.min(m - 1);
+                    let (oy, ox) = (jj / d.ow, jj % d.ow);
+                    *o = ((unit.n * hp + oy * g.stride[0]) * wp + ox * g.stride[1]) * cp
+                        + gi * self.cg_pad;
+                }
+                self.k.tile(xbuf, &offs[..K::MR], wblk, geo, &mut acc);
+                for p in 0..m {
+                    let jj = j + p;
+                    let ys = &mut ys[..nr_valid];
+                    rq.apply_block(
+                        oc0,
+                        &acc[p * K::NR..][..nr_valid],
+                        &self.bias[oc0..][..nr_valid],
+                        ys,
+                    );
+                    match layout {
+                        Layout::Nhwc => {
+                            let at = (unit.n * how + jj) * g.c_out + oc0 - out_base;
+                            for (o, &y) in out[at..at + nr_valid].iter_mut().zip(ys.iter()) {
+                                *o = O::from_code(i64::from(y));
+                            }
+                        }
+                        Layout::Nchw => {
+                            let at = (unit.n * g.c_out + oc0) * how + jj - out_base;
+                            for (o, &y) in out[at..].iter_mut().step_by(how).zip(ys.iter()) {
+                                *o = O::from_code(i64::from(y));
+                            }
+                        }
+                    }
+                }
+                j += m;
+            }
+        }
+    }
+
+    /// Fills `taps` with the tap offsets for input width `w_in`; returns the chunk count.
+    pub fn fill_taps(&self, g: &Geom, w_in: usize, taps: &mut Vec<usize>) -> usize {
+        let wp = w_in + g.pad[1] + g.pad[3];
+        let cp = g.groups * self.cg_pad;
+        taps.clear();
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                taps.push((ky * g.dil[0] * wp + kx * g.dil[1]) * cp);
+            }
+        }
+        self.cg_pad / K::KW
+    }
+}

@@ -1,0 +1,230 @@
+//! Integer pooling: [`max_pool2d`], [`avg_pool2d`], [`global_avg_pool`] over NCHW codes.
+//!
+//! Averages are correctly rounded: y = round(Σx · 2^(n_y − n_x) / count), computed exactly in 128-bit
+//! integers as ⌊(2·num + den) / (2·den)⌋, i.e. round to nearest with **ties toward +∞** — the same
+//! tie rule as the convolution's requantization — then saturated to the output stage.
+
+use ndarray::{Array4, Ix4};
+
+use super::reference::requantize_wide;
+use super::{Activation8or16, OutputStage};
+use crate::error::{Error, Result};
+use crate::fixed::QTensor;
+
+/// Pooling window attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2dParams {
+    /// Window (height, width), each ≥ 1.
+    pub kernel: [usize; 2],
+    /// Stride (vertical, horizontal), each ≥ 1.
+    pub stride: [usize; 2],
+    /// Padding (top, left, bottom, right).
+    pub padding: [usize; 4],
+}
+
+impl Pool2dParams {
+    /// A k×k window with stride `s` and no padding.
+    pub fn new(k: usize, s: usize) -> Self {
+        Self {
+            kernel: [k, k],
+            stride: [s, s],
+            padding: [0; 4],
+        }
+    }
+    /// The same with padding `p` on all sides.
+    pub fn with_padding(mut self, p: usize) -> Self {
+        self.padding = [p; 4];
+        self
+    }
+
+    fn out_hw(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        let [kh, kw] = self.kernel;
+        let [sh, sw] = self.stride;
+        if kh == 0 || kw == 0 || sh == 0 || sw == 0 {
+            return Err(Error::InvalidArgument {
+                name: "pool params",
+                reason: "window and stride must be at least 1".into(),
+            });
+        }
+        if self.padding[0] >= kh
+            || self.padding[2] >= kh
+            || self.padding[1] >= kw
+            || self.padding[3] >= kw
+        {
+            return Err(Error::InvalidArgument {
+                name: "pool padding",
+                reason: "padding must be smaller than the window (every window then holds a pixel)"
+                    .into(),
+            });
+        }
+        let (hp, wp) = (
+            h + self.padding[0] + self.padding[2],
+            w + self.padding[1] + self.padding[3],
+        );
+        if hp < kh || wp < kw {
+            return Err(Error::ShapeMismatch {
+                what: "pool input size".into(),
+                expected: format!("padded input at least {kh}x{kw}"),
+                found: format!("{hp}x{wp}"),
+            });
+        }
+        Ok(((hp - kh) / sh + 1, (wp - kw) / sw + 1))
+    }
+}
+
+/// Visits every output position with the window's in-bounds input range.
+fn windows(
+    shape: &[usize],
+    p: &Pool2dParams,
+    (oh, ow): (usize, usize),
+    mut f: impl FnMut([usize; 4], (usize, usize), (usize, usize)),
+) {
+    let (h, w) = (shape[2], shape[3]);
+    for n in 0..shape[0] {
+        for c in 0..shape[1] {
+            for oy in 0..oh {
+                let y0 = (oy * p.stride[0]).saturating_sub(p.padding[0]);
+                let y1 = (oy * p.stride[0] + p.kernel[0])
+                    .saturating_sub(p.padding[0])
+                    .min(h);
+                for ox in 0..ow {
+                    let x0 = (ox * p.stride[1]).saturating_sub(p.padding[1]);
+                    let x1 = (ox * p.stride[1] + p.kernel[1])
+                        .saturating_sub(p.padding[1])
+                        .min(w);
+                    f([n, c, oy, ox], (y0, y1), (x0, x1));
+                }
+            }
+        }
+    }
+}
+
+/// Max pooling; padding never wins (it counts as −∞). The output keeps the input's format(s).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for zero windows/strides or padding ≥ window; [`Error::ShapeMismatch`]
+/// if the window does not fit.
+pub fn max_pool2d<A: Activation8or16>(
+    x: &QTensor<A, Ix4>,
+    p: Pool2dParams,
+) -> Result<QTensor<A, Ix4>> {
+    let s = x.codes().shape();
+    let (oh, ow) = p.out_hw(s[2], s[3])?;
+    let mut out = Array4::<A>::default((s[0], s[1], oh, ow));
+    let xc = x.codes();
+    windows(s, &p, (oh, ow), |i, (y0, y1), (x0, x1)| {
+        let mut m = i64::MIN;
+        for y in y0..y1 {
+            for xx in x0..x1 {
+                m = m.max(xc[[i[0], i[1], y, xx]].to_code());
+            }
+        }
+        out[i] = A::from_code(m);
+    });
+    match x.channel_axis() {
+        None => QTensor::from_codes(out, x.format()),
+        Some(a) => QTensor::from_codes_per_channel(out, a, x.formats().to_vec()),
+    }
+}
+
+/// Average pooling to `output`: y = round(Σx·2^(n_y − n_x) / count), ties toward +∞ (module docs).
+/// `count_include_pad` chooses count = window size (ONNX `count_include_pad = 1`) or the number of
+/// in-bounds pixels.
+///
+/// # Errors
+/// As [`max_pool2d`]; [`Error::Unsupported`] for per-channel input formats; output format errors as
+/// for [`super::Conv2d::new`].
+pub fn avg_pool2d<A: Activation8or16, O: Activation8or16>(
+    x: &QTensor<A, Ix4>,
+    p: Pool2dParams,
+    count_include_pad: bool,
+    output: OutputStage,
+) -> Result<QTensor<O, Ix4>> {
+    if x.channel_axis().is_some() {
+        return Err(Error::Unsupported(
+            "average pooling of per-channel formats".into(),
+        ));
+    }
+    let (lo, hi) = output.code_range::<O>()?;
+    let e = output.format.frac_bits() - x.format().frac_bits();
+    let s = x.codes().shape();
+    let (oh, ow) = p.out_hw(s[2], s[3])?;
+    let mut out = Array4::<O>::default((s[0], s[1], oh, ow));
+    let xc = x.codes();
+    windows(s, &p, (oh, ow), |i, (y0, y1), (x0, x1)| {
+        let mut sum = 0i64;
+        for y in y0..y1 {
+            for xx in x0..x1 {
+                sum += xc[[i[0], i[1], y, xx]].to_code();
+            }
+        }
+        let cnt = if count_include_pad {
+            p.kernel[0] * p.kernel[1]
+        } else {
+            (y1 - y0) * (x1 - x0)
+        };
+        out[i] = O::from_code(divide_round(sum, cnt as i64, e, lo, hi));
+    });
+    QTensor::from_codes(out, output.format)
+}
+
+/// Global average pooling: [N, C, H, W] → [N, C, 1, 1], y = round(Σx·2^(n_y − n_x) / (H·W)), ties
+/// toward +∞.
+///
+/// # Errors
+/// [`Error::Empty`] for H·W = 0; otherwise as [`avg_pool2d`].
+///
+/// # Example
+/// ```
+/// use fixq::kernels::{global_avg_pool, OutputStage};
+/// use fixq::{QFormat, QTensor};
+/// use ndarray::Array4;
+/// let x = QTensor::from_codes(Array4::from_shape_vec((1, 1, 1, 4), vec![1u8, 2, 2, 0]).unwrap(),
+///     QFormat::unsigned(8, 0)?)?;
+/// let y = global_avg_pool::<u8, u8>(&x, OutputStage::new(QFormat::unsigned(8, 0)?))?;
+/// assert_eq!(y.codes()[[0, 0, 0, 0]], 1); // 5/4 = 1.25 -> 1
+/// # Ok::<(), fixq::Error>(())
+/// ```
+pub fn global_avg_pool<A: Activation8or16, O: Activation8or16>(
+    x: &QTensor<A, Ix4>,
+    output: OutputStage,
+) -> Result<QTensor<O, Ix4>> {
+    let s = x.codes().shape();
+    if s[2] * s[3] == 0 {
+        return Err(Error::Empty {
+            what: "global_avg_pool input",
+        });
+    }
+    let p = Pool2dParams {
+        kernel: [s[2], s[3]],
+        stride: [1, 1],
+        padding: [0; 4],
+    };
+    avg_pool2d(x, p, true, output)
+}
+
+/// round(sum · 2^e / cnt), ties toward +∞, clamped to [lo, hi]. Exact for |sum| < 2⁴⁷, cnt < 2³².
+fn divide_round(sum: i64, cnt: i64, e: i32, lo: i64, hi: i64) -> i64 {
+    // Beyond these shifts the result is already decided (0, or saturated unless sum = 0).
+    let num = i128::from(sum) << e.clamp(0, 64) as u32;
+    let den = i128::from(cnt) << (-e).clamp(0, 80) as u32;
+    let q = (2 * num + den).div_euclid(2 * den);
+    requantize_wide(q.clamp(-(1 << 80), 1 << 80), 0, lo, hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn divide_round_ties_toward_plus_infinity() {
+        assert_eq!(divide_round(5, 2, 0, -100, 100), 3); // 2.5
+        assert_eq!(divide_round(-5, 2, 0, -100, 100), -2); // -2.5
+        assert_eq!(divide_round(7, 3, 0, -100, 100), 2); // 2.33
+        assert_eq!(divide_round(5, 3, 0, -100, 100), 2); // 1.67
+        assert_eq!(divide_round(3, 4, 1, -100, 100), 2); // 1.5
+        assert_eq!(divide_round(3, 4, -1, -100, 100), 0); // 0.375
+        assert_eq!(divide_round(1, 1, 100, -8, 7), 7);
+        assert_eq!(divide_round(-1, 1, -100, -8, 7), 0);
+    }
+}
