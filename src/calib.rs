@@ -79,10 +79,10 @@ impl Calibration {
         push(&mut local, &input_name, &batch)?;
         let mut failure: Option<Error> = None;
         let out = exec.run_with(batch.view(), |name, _, act| {
-            if failure.is_none() {
-                if let Err(e) = push(&mut local, name, act) {
-                    failure = Some(e);
-                }
+            if failure.is_none()
+                && let Err(e) = push(&mut local, name, act)
+            {
+                failure = Some(e);
             }
         })?;
         if let Some(e) = failure {

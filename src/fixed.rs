@@ -514,6 +514,28 @@ impl<T: Storage, D: RemoveAxis> QTensor<T, D> {
     pub fn format_of_channel(&self, c: usize) -> QFormat {
         self.formats.get(c).copied().unwrap_or(self.formats[0])
     }
+    /// The same tensor with a static dimension type (for example `IxDyn` to `Ix4`).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if the rank differs.
+    pub fn into_dimensionality<E: RemoveAxis>(self) -> Result<QTensor<T, E>> {
+        let found = self.codes.shape().to_vec();
+        let codes = self
+            .codes
+            .into_dimensionality::<E>()
+            .map_err(|_| Error::ShapeMismatch {
+                what: "tensor rank".into(),
+                expected: format!("rank {:?}", E::NDIM),
+                found: format!("shape {found:?}"),
+            })?;
+        Ok(QTensor {
+            codes,
+            formats: self.formats,
+            axis: self.axis,
+            saturated: self.saturated,
+        })
+    }
+
     /// How many values were clipped to the format's bounds when quantizing.
     pub fn saturated(&self) -> u64 {
         self.saturated

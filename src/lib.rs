@@ -29,6 +29,7 @@ pub mod alloc;
 pub mod calib;
 pub mod dist;
 pub mod error;
+pub mod eval;
 pub mod exec;
 pub mod fixed;
 pub mod graph;

@@ -750,13 +750,13 @@ fn validate_config(c: &PlanConfig) -> Result<()> {
             ),
         });
     }
-    if let Some(b) = c.equal_weight_bits {
-        if !(lo..=hi).contains(&b) {
-            return Err(Error::InvalidArgument {
-                name: "equal_weight_bits",
-                reason: format!("{b} is outside the allowed weight widths {lo}..={hi}"),
-            });
-        }
+    if let Some(b) = c.equal_weight_bits
+        && !(lo..=hi).contains(&b)
+    {
+        return Err(Error::InvalidArgument {
+            name: "equal_weight_bits",
+            reason: format!("{b} is outside the allowed weight widths {lo}..={hi}"),
+        });
     }
     for (name, b) in [
         ("activation_bits", c.activation_bits),

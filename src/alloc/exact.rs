@@ -368,10 +368,10 @@ fn repair(pb: &Problem, kind: Kind, pos: &mut [u8], first: &[u8], last: &[u8]) {
             let t = pb.vertex_rank(i, pos[i] as usize);
             match kind {
                 Kind::MinCost { .. } => {
-                    if let Some(&key) = keys.get(t) {
-                        if best.is_none_or(|b| key > b.0) {
-                            best = Some((key, i));
-                        }
+                    if let Some(&key) = keys.get(t)
+                        && best.is_none_or(|b| key > b.0)
+                    {
+                        best = Some((key, i));
                     }
                 }
                 Kind::MinNoise { .. } => {

@@ -26,8 +26,8 @@ use crate::error::{Error, Result};
 use crate::fixed::{Grid, QFormat, QTensor, Quantizer, Storage};
 use crate::graph::{Graph, Op};
 use crate::kernels::{
-    Activation, Conv2d, Conv2dParams, Dense, KernelChoice, KernelId, OutputStage, Pool2dParams, Scratch, add,
-    avg_pool2d, global_avg_pool, max_pool2d,
+    Activation, Conv2d, Conv2dParams, Dense, KernelChoice, KernelId, OutputStage, Pool2dParams,
+    Scratch, add, avg_pool2d, global_avg_pool, max_pool2d,
 };
 use crate::pack::WeightCodes;
 use crate::plan::{self, QuantPlan};
@@ -84,12 +84,17 @@ impl Act {
     fn reshape(self, shape: &[usize]) -> Result<Act> {
         fn r<T: Clone>(a: ArrayD<T>, shape: &[usize]) -> Result<ArrayD<T>> {
             let found = a.shape().to_vec();
-            let a = if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() };
-            a.into_shape_with_order(IxDyn(shape)).map_err(|_| Error::ShapeMismatch {
-                what: "reshape of integer activations".into(),
-                expected: format!("{shape:?}"),
-                found: format!("{found:?}"),
-            })
+            let a = if a.is_standard_layout() {
+                a
+            } else {
+                a.as_standard_layout().into_owned()
+            };
+            a.into_shape_with_order(IxDyn(shape))
+                .map_err(|_| Error::ShapeMismatch {
+                    what: "reshape of integer activations".into(),
+                    expected: format!("{shape:?}"),
+                    found: format!("{found:?}"),
+                })
         }
         Ok(match self {
             Act::U8(a, f) => Act::U8(r(a, shape)?, f),
@@ -140,15 +145,42 @@ macro_rules! build_pair {
 macro_rules! with_pair {
     ($any:ident, $v:expr, $act:expr, |$l:ident, $x:ident, $wrap:ident| $body:expr) => {
         match ($v, $act) {
-            ($any::U8U8($l), Act::U8($x, _)) => { let $wrap = Act::U8; $body }
-            ($any::U8I8($l), Act::U8($x, _)) => { let $wrap = Act::I8; $body }
-            ($any::U8I16($l), Act::U8($x, _)) => { let $wrap = Act::I16; $body }
-            ($any::I8U8($l), Act::I8($x, _)) => { let $wrap = Act::U8; $body }
-            ($any::I8I8($l), Act::I8($x, _)) => { let $wrap = Act::I8; $body }
-            ($any::I8I16($l), Act::I8($x, _)) => { let $wrap = Act::I16; $body }
-            ($any::I16U8($l), Act::I16($x, _)) => { let $wrap = Act::U8; $body }
-            ($any::I16I8($l), Act::I16($x, _)) => { let $wrap = Act::I8; $body }
-            ($any::I16I16($l), Act::I16($x, _)) => { let $wrap = Act::I16; $body }
+            ($any::U8U8($l), Act::U8($x, _)) => {
+                let $wrap = Act::U8;
+                $body
+            }
+            ($any::U8I8($l), Act::U8($x, _)) => {
+                let $wrap = Act::I8;
+                $body
+            }
+            ($any::U8I16($l), Act::U8($x, _)) => {
+                let $wrap = Act::I16;
+                $body
+            }
+            ($any::I8U8($l), Act::I8($x, _)) => {
+                let $wrap = Act::U8;
+                $body
+            }
+            ($any::I8I8($l), Act::I8($x, _)) => {
+                let $wrap = Act::I8;
+                $body
+            }
+            ($any::I8I16($l), Act::I8($x, _)) => {
+                let $wrap = Act::I16;
+                $body
+            }
+            ($any::I16U8($l), Act::I16($x, _)) => {
+                let $wrap = Act::U8;
+                $body
+            }
+            ($any::I16I8($l), Act::I16($x, _)) => {
+                let $wrap = Act::I8;
+                $body
+            }
+            ($any::I16I16($l), Act::I16($x, _)) => {
+                let $wrap = Act::I16;
+                $body
+            }
             _ => Err(Error::ShapeMismatch {
                 what: "activation storage".into(),
                 expected: "the storage the layer was prepared for".into(),
@@ -162,21 +194,20 @@ macro_rules! with_pair {
 #[derive(Debug, Clone)]
 enum Step {
     Conv(Box<AnyConv>),
-    Dense(Box<AnyDense>),
+    Dense(Box<AnyDense>, usize, QFormat),
     MaxPool(Pool2dParams),
-    AvgPool { pool: Pool2dParams, count_include_pad: bool, out: OutputStage },
+    AvgPool {
+        pool: Pool2dParams,
+        count_include_pad: bool,
+        out: OutputStage,
+    },
     GlobalAvgPool(OutputStage),
     /// Requantize to another format (a standalone Relu/Clip, or a format change).
     Requantize(OutputStage),
     Add(OutputStage),
-    Reshape(ReshapeKind),
+    /// Flatten or Reshape: the node, whose output shape `graph::shape::infer` gives.
+    Reshape(Box<crate::graph::Node>),
     Identity,
-}
-
-#[derive(Debug, Clone)]
-enum ReshapeKind {
-    Flatten(i64),
-    Shape(Vec<i64>, bool),
 }
 
 #[derive(Debug, Clone)]
@@ -221,15 +252,23 @@ impl FixedNetwork {
     /// lacks a tensor or a format does not fit the kernels; [`Error::ShapeMismatch`] for given weights
     /// that do not match the graph; [`Error::AccumulatorOverflow`] when a bias does not fit the 32-bit
     /// accumulator format; the kernels' construction errors.
-    pub fn with_options(graph: &Graph, plan: &QuantPlan, weights: Option<Vec<WeightCodes>>, choice: KernelChoice) -> Result<Self> {
+    pub fn with_options(
+        graph: &Graph,
+        plan: &QuantPlan,
+        weights: Option<Vec<WeightCodes>>,
+        choice: KernelChoice,
+    ) -> Result<Self> {
         let layers = plan::layer_weights(graph)?;
-        let points: HashMap<String, Option<usize>> = plan::activation_points(graph).into_iter().collect();
+        let points: HashMap<String, Option<usize>> =
+            plan::activation_points(graph).into_iter().collect();
         let nodes = graph.nodes();
         let fmt_of = |tensor: &str| -> Result<QFormat> {
-            plan.activation(tensor).map(|a| a.format).ok_or_else(|| Error::InvalidArgument {
-                name: "plan",
-                reason: format!("the plan has no format for activation '{tensor}'"),
-            })
+            plan.activation(tensor)
+                .map(|a| a.format)
+                .ok_or_else(|| Error::InvalidArgument {
+                    name: "plan",
+                    reason: format!("the plan has no format for activation '{tensor}'"),
+                })
         };
         let input_name = graph.input().name.clone();
         let input_format = fmt_of(&input_name)?;
@@ -249,7 +288,11 @@ impl FixedNetwork {
                         return Err(Error::ShapeMismatch {
                             what: format!("weights of node '{}'", lw.node),
                             expected: format!("node '{}' shape {:?}", lw.node, lw.shape),
-                            found: format!("node '{}' shape {:?}", wc.node, wc.codes.codes().shape()),
+                            found: format!(
+                                "node '{}' shape {:?}",
+                                wc.node,
+                                wc.codes.codes().shape()
+                            ),
                         });
                     }
                 }
@@ -258,10 +301,12 @@ impl FixedNetwork {
             None => layers
                 .iter()
                 .map(|lw| {
-                    let wp = plan.weight(&lw.node).ok_or_else(|| Error::InvalidArgument {
-                        name: "plan",
-                        reason: format!("the plan has no weights for node '{}'", lw.node),
-                    })?;
+                    let wp = plan
+                        .weight(&lw.node)
+                        .ok_or_else(|| Error::InvalidArgument {
+                            name: "plan",
+                            reason: format!("the plan has no weights for node '{}'", lw.node),
+                        })?;
                     let w = plan::matrix_to_shape(&lw.matrix, &lw.shape)?;
                     let q = if wp.formats.len() == 1 {
                         Quantizer::<i8>::new(wp.formats[0])?.quantize(w.view())?
@@ -291,12 +336,22 @@ impl FixedNetwork {
         let mut steps = Vec::with_capacity(nodes.len());
         let mut kernels = Vec::new();
         let mut skip_fused: Vec<bool> = vec![false; nodes.len()];
-        let shapes = graph.infer_shapes(&graph.input().shape.iter().map(|d| d.unwrap_or(1)).collect::<Vec<_>>())?;
+        let shapes = graph.infer_shapes(
+            &graph
+                .input()
+                .shape
+                .iter()
+                .map(|d| d.unwrap_or(1))
+                .collect::<Vec<_>>(),
+        )?;
         for (i, node) in nodes.iter().enumerate() {
-            let unsupported = |why: &str| Error::Unsupported(format!("node '{}' ({}): {why}", node.name, node.op.name()));
+            let unsupported = |why: &str| {
+                Error::Unsupported(format!("node '{}' ({}): {why}", node.name, node.op.name()))
+            };
             if skip_fused[i] {
                 // A Relu/Clip fused into the preceding layer: pass its codes through.
-                let src = slot_of(&node.inputs[0], i).ok_or_else(|| unsupported("input not found"))?;
+                let src =
+                    slot_of(&node.inputs[0], i).ok_or_else(|| unsupported("input not found"))?;
                 slot_fmt[i + 1] = slot_fmt[src];
                 steps.push(Prepared {
                     name: node.name.clone(),
@@ -315,10 +370,14 @@ impl FixedNetwork {
                     .map(|n| slot_of(n, i).ok_or_else(|| unsupported("an input is a constant; the integer network takes constants only as Conv/Gemm/MatMul weights")))
                     .collect::<Result<_>>()?,
             };
-            let in_fmt = slot_fmt[data_inputs[0]].ok_or_else(|| unsupported("input format unknown"))?;
+            let in_fmt =
+                slot_fmt[data_inputs[0]].ok_or_else(|| unsupported("input format unknown"))?;
             let (step, out_fmt, observed) = match &node.op {
                 Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul => {
-                    let li = layers.iter().position(|l| l.node_index == i).ok_or_else(|| unsupported("weights not found"))?;
+                    let li = layers
+                        .iter()
+                        .position(|l| l.node_index == i)
+                        .ok_or_else(|| unsupported("weights not found"))?;
                     let lw = &layers[li];
                     // Fused activation: the following Relu/Clip whose output is the activation point.
                     let (out_tensor, activation, fused_at) = match points.get(&node.output) {
@@ -351,7 +410,12 @@ impl FixedNetwork {
                     let bias = quantize_bias(&lw.bias, wc, in_fmt, &node.name)?;
                     let (kin, kout) = (kind_of(in_fmt)?, kind_of(of)?);
                     let step = match &node.op {
-                        Op::Conv { stride, pad, dilation, groups } => {
+                        Op::Conv {
+                            stride,
+                            pad,
+                            dilation,
+                            groups,
+                        } => {
                             let w4 = wc.codes.clone().into_dimensionality::<Ix4>()?;
                             let params = Conv2dParams {
                                 stride: *stride,
@@ -359,18 +423,30 @@ impl FixedNetwork {
                                 dilation: *dilation,
                                 groups: *groups,
                             };
-                            let conv = build_pair!(AnyConv, kin, kout, Conv2d::new(&w4, Some(&bias), in_fmt, stage, params, choice)?);
+                            let conv = build_pair!(
+                                AnyConv,
+                                kin,
+                                kout,
+                                Conv2d::new(&w4, Some(&bias), in_fmt, stage, params, choice)?
+                            );
                             kernels.push((node.name.clone(), any_conv_kernel(&conv)));
                             Step::Conv(Box::new(conv))
                         }
                         _ => {
                             if shapes[i].len() != 2 {
-                                return Err(unsupported("only 2-D (batch x features) products run in integers"));
+                                return Err(unsupported(
+                                    "only 2-D (batch x features) products run in integers",
+                                ));
                             }
                             let w2 = wc.codes.clone().into_dimensionality::<Ix2>()?;
-                            let dense = build_pair!(AnyDense, kin, kout, Dense::new(&w2, Some(&bias), in_fmt, stage, choice)?);
+                            let dense = build_pair!(
+                                AnyDense,
+                                kin,
+                                kout,
+                                Dense::new(&w2, Some(&bias), in_fmt, stage, choice)?
+                            );
                             kernels.push((node.name.clone(), any_dense_kernel(&dense)));
-                            Step::Dense(Box::new(dense))
+                            Step::Dense(Box::new(dense), lw.matrix.nrows(), of)
                         }
                     };
                     (step, of, out_tensor == node.output)
@@ -381,7 +457,10 @@ impl FixedNetwork {
                     }
                     (Step::MaxPool(pool_params(p)), in_fmt, false)
                 }
-                Op::AveragePool { pool, count_include_pad } => {
+                Op::AveragePool {
+                    pool,
+                    count_include_pad,
+                } => {
                     if pool.dilation != [1, 1] || pool.ceil_mode {
                         return Err(unsupported("dilated or ceil-mode average pooling"));
                     }
@@ -410,16 +489,27 @@ impl FixedNetwork {
                         },
                         _ => Activation::Identity,
                     };
-                    (Step::Requantize(OutputStage::new(of).with_activation(act)), of, true)
+                    (
+                        Step::Requantize(OutputStage::new(of).with_activation(act)),
+                        of,
+                        true,
+                    )
                 }
                 Op::Add => {
                     let of = fmt_of(&node.output)?;
                     (Step::Add(OutputStage::new(of)), of, true)
                 }
-                Op::Flatten { axis } => (Step::Reshape(ReshapeKind::Flatten(*axis)), in_fmt, false),
-                Op::Reshape { shape, allow_zero } => (Step::Reshape(ReshapeKind::Shape(shape.clone(), *allow_zero)), in_fmt, false),
+                Op::Flatten { .. } | Op::Reshape { .. } => {
+                    (Step::Reshape(Box::new(node.clone())), in_fmt, false)
+                }
                 Op::Identity => (Step::Identity, in_fmt, false),
-                other => return Err(Error::Unsupported(format!("node '{}' ({}): not supported by the fixed-point network", node.name, other.name()))),
+                other => {
+                    return Err(Error::Unsupported(format!(
+                        "node '{}' ({}): not supported by the fixed-point network",
+                        node.name,
+                        other.name()
+                    )));
+                }
             };
             slot_fmt[i + 1] = Some(out_fmt);
             steps.push(Prepared {
@@ -430,10 +520,11 @@ impl FixedNetwork {
                 observed,
             });
         }
-        let output_slot = slot_of(&graph.output().name, nodes.len()).ok_or_else(|| Error::InvalidArgument {
-            name: "graph",
-            reason: "the output is not produced by a node".into(),
-        })?;
+        let output_slot =
+            slot_of(&graph.output().name, nodes.len()).ok_or_else(|| Error::InvalidArgument {
+                name: "graph",
+                reason: "the output is not produced by a node".into(),
+            })?;
         Ok(Self {
             input_format,
             input_name,
@@ -490,44 +581,129 @@ impl FixedNetwork {
         slots[0] = Some(x);
         let mut scratch = Scratch::new();
         for (k, p) in self.steps.iter().enumerate() {
-            let arg = |s: usize| slots[s].as_ref().ok_or_else(|| Error::InvalidArgument {
-                name: "network",
-                reason: format!("step '{}' reads a tensor that was not computed", p.name),
-            });
+            let arg = |s: usize| {
+                slots[s].as_ref().ok_or_else(|| Error::InvalidArgument {
+                    name: "network",
+                    reason: format!("step '{}' reads a tensor that was not computed", p.name),
+                })
+            };
             let a = arg(p.inputs[0])?;
             let out = match &p.step {
                 Step::Conv(c) => run_conv(c, a, &mut scratch)?,
-                Step::Dense(d) => run_dense(d, a, &mut scratch)?,
-                Step::MaxPool(pp) => map4(a, |t| Ok(max_pool2d(&t, *pp)?), |t| Ok(max_pool2d(&t, *pp)?), |t| Ok(max_pool2d(&t, *pp)?))?,
-                Step::AvgPool { pool, count_include_pad, out } => pool_any(a, *out, |x, o| match (x, kind_of(o.format)?) {
-                    (PoolIn::U8(t), Kind::U8) => Ok(Act::U8(avg_pool2d::<u8, u8>(&t, *pool, *count_include_pad, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::U8(t), Kind::I8) => Ok(Act::I8(avg_pool2d::<u8, i8>(&t, *pool, *count_include_pad, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::U8(t), Kind::I16) => Ok(Act::I16(avg_pool2d::<u8, i16>(&t, *pool, *count_include_pad, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::I8(t), Kind::U8) => Ok(Act::U8(avg_pool2d::<i8, u8>(&t, *pool, *count_include_pad, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::I8(t), Kind::I8) => Ok(Act::I8(avg_pool2d::<i8, i8>(&t, *pool, *count_include_pad, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::I8(t), Kind::I16) => Ok(Act::I16(avg_pool2d::<i8, i16>(&t, *pool, *count_include_pad, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::I16(t), Kind::U8) => Ok(Act::U8(avg_pool2d::<i16, u8>(&t, *pool, *count_include_pad, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::I16(t), Kind::I8) => Ok(Act::I8(avg_pool2d::<i16, i8>(&t, *pool, *count_include_pad, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::I16(t), Kind::I16) => Ok(Act::I16(avg_pool2d::<i16, i16>(&t, *pool, *count_include_pad, o)?.into_codes().into_dyn(), o.format)),
+                Step::Dense(d, out_features, of) => {
+                    run_dense(d, *out_features, *of, a, &mut scratch)?
+                }
+                Step::MaxPool(pp) => map4(
+                    a,
+                    |t| max_pool2d(&t, *pp),
+                    |t| max_pool2d(&t, *pp),
+                    |t| max_pool2d(&t, *pp),
+                )?,
+                Step::AvgPool {
+                    pool,
+                    count_include_pad,
+                    out,
+                } => pool_any(a, *out, |x, o| match (x, kind_of(o.format)?) {
+                    (PoolIn::U8(t), Kind::U8) => Ok(Act::U8(
+                        avg_pool2d::<u8, u8>(&t, *pool, *count_include_pad, o)?
+                            .into_codes()
+                            .into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::U8(t), Kind::I8) => Ok(Act::I8(
+                        avg_pool2d::<u8, i8>(&t, *pool, *count_include_pad, o)?
+                            .into_codes()
+                            .into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::U8(t), Kind::I16) => Ok(Act::I16(
+                        avg_pool2d::<u8, i16>(&t, *pool, *count_include_pad, o)?
+                            .into_codes()
+                            .into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::I8(t), Kind::U8) => Ok(Act::U8(
+                        avg_pool2d::<i8, u8>(&t, *pool, *count_include_pad, o)?
+                            .into_codes()
+                            .into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::I8(t), Kind::I8) => Ok(Act::I8(
+                        avg_pool2d::<i8, i8>(&t, *pool, *count_include_pad, o)?
+                            .into_codes()
+                            .into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::I8(t), Kind::I16) => Ok(Act::I16(
+                        avg_pool2d::<i8, i16>(&t, *pool, *count_include_pad, o)?
+                            .into_codes()
+                            .into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::I16(t), Kind::U8) => Ok(Act::U8(
+                        avg_pool2d::<i16, u8>(&t, *pool, *count_include_pad, o)?
+                            .into_codes()
+                            .into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::I16(t), Kind::I8) => Ok(Act::I8(
+                        avg_pool2d::<i16, i8>(&t, *pool, *count_include_pad, o)?
+                            .into_codes()
+                            .into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::I16(t), Kind::I16) => Ok(Act::I16(
+                        avg_pool2d::<i16, i16>(&t, *pool, *count_include_pad, o)?
+                            .into_codes()
+                            .into_dyn(),
+                        o.format,
+                    )),
                 })?,
                 Step::GlobalAvgPool(o) => pool_any(a, *o, |x, o| match (x, kind_of(o.format)?) {
-                    (PoolIn::U8(t), Kind::U8) => Ok(Act::U8(global_avg_pool::<u8, u8>(&t, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::U8(t), Kind::I8) => Ok(Act::I8(global_avg_pool::<u8, i8>(&t, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::U8(t), Kind::I16) => Ok(Act::I16(global_avg_pool::<u8, i16>(&t, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::I8(t), Kind::U8) => Ok(Act::U8(global_avg_pool::<i8, u8>(&t, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::I8(t), Kind::I8) => Ok(Act::I8(global_avg_pool::<i8, i8>(&t, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::I8(t), Kind::I16) => Ok(Act::I16(global_avg_pool::<i8, i16>(&t, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::I16(t), Kind::U8) => Ok(Act::U8(global_avg_pool::<i16, u8>(&t, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::I16(t), Kind::I8) => Ok(Act::I8(global_avg_pool::<i16, i8>(&t, o)?.into_codes().into_dyn(), o.format)),
-                    (PoolIn::I16(t), Kind::I16) => Ok(Act::I16(global_avg_pool::<i16, i16>(&t, o)?.into_codes().into_dyn(), o.format)),
+                    (PoolIn::U8(t), Kind::U8) => Ok(Act::U8(
+                        global_avg_pool::<u8, u8>(&t, o)?.into_codes().into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::U8(t), Kind::I8) => Ok(Act::I8(
+                        global_avg_pool::<u8, i8>(&t, o)?.into_codes().into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::U8(t), Kind::I16) => Ok(Act::I16(
+                        global_avg_pool::<u8, i16>(&t, o)?.into_codes().into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::I8(t), Kind::U8) => Ok(Act::U8(
+                        global_avg_pool::<i8, u8>(&t, o)?.into_codes().into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::I8(t), Kind::I8) => Ok(Act::I8(
+                        global_avg_pool::<i8, i8>(&t, o)?.into_codes().into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::I8(t), Kind::I16) => Ok(Act::I16(
+                        global_avg_pool::<i8, i16>(&t, o)?.into_codes().into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::I16(t), Kind::U8) => Ok(Act::U8(
+                        global_avg_pool::<i16, u8>(&t, o)?.into_codes().into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::I16(t), Kind::I8) => Ok(Act::I8(
+                        global_avg_pool::<i16, i8>(&t, o)?.into_codes().into_dyn(),
+                        o.format,
+                    )),
+                    (PoolIn::I16(t), Kind::I16) => Ok(Act::I16(
+                        global_avg_pool::<i16, i16>(&t, o)?.into_codes().into_dyn(),
+                        o.format,
+                    )),
                 })?,
                 Step::Requantize(o) => requantize(a, *o)?,
                 Step::Add(o) => {
                     let b = arg(p.inputs.get(1).copied().unwrap_or(0))?;
                     add_any(a, b, *o)?
                 }
-                Step::Reshape(kind) => {
-                    let shape = reshape_target(kind, a.shape())?;
+                Step::Reshape(node) => {
+                    let shape = crate::graph::shape::infer(node, &[a.shape()])?;
                     a.clone().reshape(&shape)?
                 }
                 Step::Identity => a.clone(),
@@ -537,10 +713,12 @@ impl FixedNetwork {
             }
             slots[k + 1] = Some(out);
         }
-        slots[self.output_slot].take().ok_or_else(|| Error::InvalidArgument {
-            name: "network",
-            reason: "the output was not computed".into(),
-        })
+        slots[self.output_slot]
+            .take()
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "network",
+                reason: "the output was not computed".into(),
+            })
     }
 }
 
@@ -561,11 +739,20 @@ fn pool_params(p: &crate::graph::Pool2d) -> Pool2dParams {
     }
 }
 
-fn quantize_bias(bias: &[f32], w: &WeightCodes, in_fmt: QFormat, node: &str) -> Result<QTensor<i32, Ix1>> {
+fn quantize_bias(
+    bias: &[f32],
+    w: &WeightCodes,
+    in_fmt: QFormat,
+    node: &str,
+) -> Result<QTensor<i32, Ix1>> {
     let formats: Vec<QFormat> = (0..bias.len())
         .map(|c| {
             let wf = w.codes.format_of_channel(c);
-            let wf = if wf.grid() == Grid::MidRise { wf.as_mid_tread_odd()? } else { wf };
+            let wf = if wf.grid() == Grid::MidRise {
+                wf.as_mid_tread_odd()?
+            } else {
+                wf
+            };
             QFormat::signed(32, in_fmt.frac_bits() + wf.frac_bits())
         })
         .collect::<Result<_>>()?;
@@ -577,7 +764,10 @@ fn quantize_bias(bias: &[f32], w: &WeightCodes, in_fmt: QFormat, node: &str) -> 
     };
     if q.saturated() > 0 {
         return Err(Error::AccumulatorOverflow {
-            reason: format!("node '{node}': {} bias values do not fit a 32-bit accumulator at n_x + n_w fractional bits", q.saturated()),
+            reason: format!(
+                "node '{node}': {} bias values do not fit a 32-bit accumulator at n_x + n_w fractional bits",
+                q.saturated()
+            ),
         });
     }
     Ok(q)
@@ -645,28 +835,19 @@ fn conv_out_format(c: &AnyConv) -> QFormat {
     }
 }
 
-fn run_dense(d: &AnyDense, a: &Act, scratch: &mut Scratch) -> Result<Act> {
-    let fmt_out = dense_out_format(d);
+fn run_dense(
+    d: &AnyDense,
+    out_features: usize,
+    fmt_out: QFormat,
+    a: &Act,
+    scratch: &mut Scratch,
+) -> Result<Act> {
     with_pair!(AnyDense, d, a, |l, x, wrap| {
         let x2 = x.view().into_dimensionality::<Ix2>()?;
-        let mut out = ndarray::Array2::default((x2.shape()[0], l.out_features()));
+        let mut out = ndarray::Array2::default((x2.shape()[0], out_features));
         l.forward_into(x2, out.view_mut(), scratch)?;
         Ok(wrap(out.into_dyn(), fmt_out))
     })
-}
-
-fn dense_out_format(d: &AnyDense) -> QFormat {
-    match d {
-        AnyDense::U8U8(l) => l.output_stage().format,
-        AnyDense::U8I8(l) => l.output_stage().format,
-        AnyDense::U8I16(l) => l.output_stage().format,
-        AnyDense::I8U8(l) => l.output_stage().format,
-        AnyDense::I8I8(l) => l.output_stage().format,
-        AnyDense::I8I16(l) => l.output_stage().format,
-        AnyDense::I16U8(l) => l.output_stage().format,
-        AnyDense::I16I8(l) => l.output_stage().format,
-        AnyDense::I16I16(l) => l.output_stage().format,
-    }
 }
 
 enum PoolIn {
@@ -679,7 +860,11 @@ fn to_q4<T: Storage>(a: &ArrayD<T>, f: QFormat) -> Result<QTensor<T, Ix4>> {
     QTensor::from_codes(a.clone().into_dimensionality::<Ix4>()?, f)
 }
 
-fn pool_any(a: &Act, o: OutputStage, f: impl FnOnce(PoolIn, OutputStage) -> Result<Act>) -> Result<Act> {
+fn pool_any(
+    a: &Act,
+    o: OutputStage,
+    f: impl FnOnce(PoolIn, OutputStage) -> Result<Act>,
+) -> Result<Act> {
     let x = match a {
         Act::U8(c, fm) => PoolIn::U8(to_q4(c, *fm)?),
         Act::I8(c, fm) => PoolIn::I8(to_q4(c, *fm)?),
@@ -737,9 +922,21 @@ fn requantize(a: &Act, o: OutputStage) -> Result<Act> {
         found: "other".into(),
     };
     Ok(match kind_of(fo)? {
-        Kind::U8 => Act::U8(ArrayD::from_shape_vec(shape, vals.into_iter().map(|v| v as u8).collect()).map_err(err)?, fo),
-        Kind::I8 => Act::I8(ArrayD::from_shape_vec(shape, vals.into_iter().map(|v| v as i8).collect()).map_err(err)?, fo),
-        Kind::I16 => Act::I16(ArrayD::from_shape_vec(shape, vals.into_iter().map(|v| v as i16).collect()).map_err(err)?, fo),
+        Kind::U8 => Act::U8(
+            ArrayD::from_shape_vec(shape, vals.into_iter().map(|v| v as u8).collect())
+                .map_err(err)?,
+            fo,
+        ),
+        Kind::I8 => Act::I8(
+            ArrayD::from_shape_vec(shape, vals.into_iter().map(|v| v as i8).collect())
+                .map_err(err)?,
+            fo,
+        ),
+        Kind::I16 => Act::I16(
+            ArrayD::from_shape_vec(shape, vals.into_iter().map(|v| v as i16).collect())
+                .map_err(err)?,
+            fo,
+        ),
     })
 }
 
@@ -766,49 +963,6 @@ fn add_any(a: &Act, b: &Act, o: OutputStage) -> Result<Act> {
         (Act::I16(x, fx), Act::I8(y, fy)) => go!(x, *fx, y, *fy),
         (Act::I16(x, fx), Act::I16(y, fy)) => go!(x, *fx, y, *fy),
     })
-}
-
-fn reshape_target(kind: &ReshapeKind, shape: &[usize]) -> Result<Vec<usize>> {
-    match kind {
-        ReshapeKind::Flatten(axis) => {
-            let r = shape.len() as i64;
-            let a = if *axis < 0 { axis + r } else { *axis };
-            if !(0..=r).contains(&a) {
-                return Err(Error::InvalidArgument {
-                    name: "flatten axis",
-                    reason: format!("{axis} out of range for rank {r}"),
-                });
-            }
-            let a = a as usize;
-            Ok(vec![shape[..a].iter().product(), shape[a..].iter().product()])
-        }
-        ReshapeKind::Shape(target, allow_zero) => {
-            let total: usize = shape.iter().product();
-            let mut out = Vec::with_capacity(target.len());
-            let mut infer = None;
-            for (k, &d) in target.iter().enumerate() {
-                match d {
-                    -1 => {
-                        infer = Some(k);
-                        out.push(1);
-                    }
-                    0 if !allow_zero => out.push(shape.get(k).copied().unwrap_or(0)),
-                    d if d >= 0 => out.push(d as usize),
-                    _ => {
-                        return Err(Error::InvalidArgument {
-                            name: "reshape",
-                            reason: format!("dimension {d}"),
-                        });
-                    }
-                }
-            }
-            if let Some(k) = infer {
-                let known: usize = out.iter().product();
-                out[k] = if known == 0 { 0 } else { total / known };
-            }
-            Ok(out)
-        }
-    }
 }
 
 impl From<ndarray::ShapeError> for Error {

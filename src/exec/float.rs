@@ -116,13 +116,13 @@ impl<'g> FloatExecutor<'g> {
         let mut values: Vec<Option<ArrayD<f32>>> = vec![None; self.graph.nodes().len()];
         for (i, node) in self.graph.nodes().iter().enumerate() {
             // Element-wise unary ops reuse their input's buffer when this node is its last reader.
-            if let Some(j) = self.in_place_source(i) {
-                if let Some(mut out) = values[j].take() {
-                    apply_unary(&node.op, &mut out);
-                    observer(&node.output, i, &out.view());
-                    values[i] = Some(out);
-                    continue;
-                }
+            if let Some(j) = self.in_place_source(i)
+                && let Some(mut out) = values[j].take()
+            {
+                apply_unary(&node.op, &mut out);
+                observer(&node.output, i, &out.view());
+                values[i] = Some(out);
+                continue;
             }
             let args: Vec<ArrayViewD<'_, f32>> = self.sources[i]
                 .iter()

@@ -192,10 +192,10 @@ pub(crate) fn infer(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
                     w,
                 ));
             }
-            if let Some(b) = inputs.get(2) {
-                if *b != [o] {
-                    return Err(mismatch("bias", format!("[{o}]"), b));
-                }
+            if let Some(b) = inputs.get(2)
+                && *b != [o]
+            {
+                return Err(mismatch("bias", format!("[{o}]"), b));
             }
             let [oh, ow] = spatial(x[2], x[3], [w[2], w[3]], *stride, *dilation, *pad, false)?;
             Ok(vec![x[0], o, oh, ow])
@@ -246,14 +246,14 @@ pub(crate) fn infer(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
                     b,
                 ));
             }
-            if let Some(c) = inputs.get(2) {
-                if c.len() > 2 || broadcast(c, &[m, n])? != [m, n] {
-                    return Err(mismatch(
-                        "c",
-                        format!("a shape broadcastable to [{m}, {n}]"),
-                        c,
-                    ));
-                }
+            if let Some(c) = inputs.get(2)
+                && (c.len() > 2 || broadcast(c, &[m, n])? != [m, n])
+            {
+                return Err(mismatch(
+                    "c",
+                    format!("a shape broadcastable to [{m}, {n}]"),
+                    c,
+                ));
             }
             Ok(vec![m, n])
         }
@@ -302,7 +302,7 @@ pub(crate) fn infer(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
             let known =
                 known.ok_or_else(|| mismatch("shape", "a product that fits in usize", shape))?;
             if let Some(i) = infer_at {
-                if known == 0 || total % known != 0 {
+                if known == 0 || !total.is_multiple_of(known) {
                     return Err(mismatch(
                         "shape",
                         format!("a shape holding {total} elements"),

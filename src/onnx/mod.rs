@@ -636,10 +636,10 @@ impl Importer {
             }
             "Pad" => {
                 ctx.only_attributes(&["mode", "pads", "value"])?;
-                if let Some(mode) = ctx.string("mode")? {
-                    if mode != "constant" {
-                        return Err(ctx.unsupported(format!("mode '{mode}' (only constant)")));
-                    }
+                if let Some(mode) = ctx.string("mode")?
+                    && mode != "constant"
+                {
+                    return Err(ctx.unsupported(format!("mode '{mode}' (only constant)")));
                 }
                 if ctx.input(3).is_some() {
                     return Err(ctx.unsupported("the 'axes' input"));
