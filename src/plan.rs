@@ -60,6 +60,7 @@ use crate::calib::Calibration;
 use crate::dist::{self, Fit};
 use crate::error::{Error, Result};
 use crate::fixed::{Grid, PAPER_XI_PER_SIGMA, QFormat};
+use crate::exec::FloatExecutor;
 use crate::graph::{Graph, Op};
 use crate::sqnr;
 
@@ -129,6 +130,10 @@ pub struct PlanConfig {
     pub activation_step: StepRule,
     /// Source of the weight curves.
     pub curve: CurveSource,
+    /// Measured noise gains ([`noise_gains`]): when set, each Eq. 9 term is weighted by how strongly
+    /// its noise reaches the output, in the allocation and in the prediction. `None` is the paper's
+    /// Eq. 9 (every gain 1).
+    pub gains: Option<NoiseGains>,
 }
 
 impl PlanConfig {
@@ -147,7 +152,14 @@ impl PlanConfig {
             weight_step: StepRule::MinDataMse,
             activation_step: StepRule::MinExpectedMse,
             curve: CurveSource::Measured,
+            gains: None,
         }
+    }
+
+    /// The same configuration with measured noise gains.
+    pub fn with_gains(mut self, gains: NoiseGains) -> Self {
+        self.gains = Some(gains);
+        self
     }
 
     /// The paper's method: ξ = 3σ with Gaussian steps for every tensor, κ = 3 lines, the closed-form
@@ -195,6 +207,9 @@ pub struct WeightPlan {
     pub formats: Vec<QFormat>,
     /// Predicted SQNR of the whole weight tensor in dB.
     pub predicted_sqnr_db: f64,
+    /// Noise gain of this tensor toward the output, in dB (0 = the paper's unit gain): its Eq. 9 term
+    /// is `predicted_sqnr_db - gain_db`.
+    pub gain_db: f64,
 }
 
 impl WeightPlan {
@@ -219,6 +234,8 @@ pub struct ActivationPlan {
     pub format: QFormat,
     /// Predicted SQNR in dB from its calibration fit.
     pub predicted_sqnr_db: f64,
+    /// Noise gain toward the output in dB (see [`WeightPlan::gain_db`]).
+    pub gain_db: f64,
 }
 
 /// Every tensor's fixed-point format and the predicted figures. Serialises to JSON with feature `serde`.
@@ -530,6 +547,195 @@ pub fn activation_points(graph: &Graph) -> Vec<(String, Option<usize>)> {
     points
 }
 
+/// How strongly each tensor's noise reaches the graph output, measured on the float graph.
+///
+/// The paper's Eq. 9 adds every term's 1/SQNR with weight 1. In a trained network a term's noise is
+/// attenuated or amplified on its way to the output (ReLUs zero part of it; a layer whose weights align
+/// with its inputs lifts the signal above incoherent noise), so fixq measures a gain per term: inject
+/// uniform noise at a known SQNR γ into that tensor alone (for activations, only where the value is
+/// non-zero, as quantization of exact zeros is exact), run the float graph on a probe batch, and
+/// compare with the clean output. gain = SQNR_injected / SQNR_output (linear), and Eq. 9 becomes
+/// 1/SQNR_out = Σᵢ gainᵢ / SQNRᵢ. At γ = 30 dB the noise is small enough for the linearisation that
+/// Eq. 9 itself assumes.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct NoiseGains {
+    /// (node name, gain in dB) per weighted layer, for independent noise.
+    pub weights: Vec<(String, f64)>,
+    /// (node name, gain in dB) per weighted layer, for an error along the weights themselves (a
+    /// rescaling of the layer by 1 + ε).
+    pub weights_coherent: Vec<(String, f64)>,
+    /// (tensor name, gain in dB) per activation point.
+    pub activations: Vec<(String, f64)>,
+}
+
+impl NoiseGains {
+    /// Gain in dB of the weights of `node`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if not measured.
+    pub fn weight_db(&self, node: &str) -> Result<f64> {
+        lookup(&self.weights, node)
+    }
+    /// Gain in dB of a rescaling error of the weights of `node`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if not measured.
+    pub fn weight_coherent_db(&self, node: &str) -> Result<f64> {
+        lookup(&self.weights_coherent, node)
+    }
+    /// Gain in dB of activation `tensor`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if not measured.
+    pub fn activation_db(&self, tensor: &str) -> Result<f64> {
+        lookup(&self.activations, tensor)
+    }
+}
+
+fn lookup(v: &[(String, f64)], name: &str) -> Result<f64> {
+    v.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, g)| *g)
+        .ok_or_else(|| Error::InvalidArgument {
+            name: "gains",
+            reason: format!("no noise gain measured for '{name}'"),
+        })
+}
+
+/// The SQNR, in dB, at which [`noise_gains`] injects noise.
+pub const GAIN_PROBE_DB: f64 = 30.0;
+
+/// Measures [`NoiseGains`] for every weighted layer and activation point of `graph` on `probe`
+/// (a batch of representative inputs, e.g. a few hundred calibration images), with a seeded generator.
+///
+/// # Errors
+/// The executor's errors; [`Error::ZeroVariance`] if the probe's output or a tensor is all zeros.
+pub fn noise_gains(graph: &Graph, probe: ndarray::ArrayViewD<'_, f32>, seed: u64) -> Result<NoiseGains> {
+    let clean = FloatExecutor::new(graph).run(probe.view())?;
+    let clean_s: Vec<f32> = clean.iter().copied().collect();
+    let mut rng = crate::fixed::SplitMix64::new(seed);
+    let gain_of = |out: &ArrayD<f32>| -> Result<f64> {
+        let o: Vec<f32> = out.iter().copied().collect();
+        Ok(GAIN_PROBE_DB - sqnr::measure_db(&clean_s, &o)?)
+    };
+    let mut weights = Vec::new();
+    let mut weights_coherent = Vec::new();
+    for lw in layer_weights(graph)? {
+        let mut g = graph.clone();
+        let mut w = graph.initializer(&lw.weight_name).cloned().ok_or_else(|| Error::InvalidArgument {
+            name: "graph",
+            reason: format!("no initializer '{}'", lw.weight_name),
+        })?;
+        let original = w.clone();
+        inject(w.view_mut(), &mut rng, false)?;
+        g.set_initializer(&lw.weight_name, w)?;
+        let out = FloatExecutor::new(&g).run(probe.view())?;
+        weights.push((lw.node.clone(), gain_of(&out)?));
+        // A rescaling by 1 + ε with ε² = 10^(−γ/10).
+        let eps = sqnr::db_to_linear(-GAIN_PROBE_DB).sqrt() as f32;
+        g.set_initializer(&lw.weight_name, original.mapv(|v| v * (1.0 + eps)))?;
+        let out = FloatExecutor::new(&g).run(probe.view())?;
+        weights_coherent.push((lw.node.clone(), gain_of(&out)?));
+    }
+    let exec = FloatExecutor::new(graph);
+    let mut activations = Vec::new();
+    for (tensor, producer) in activation_points(graph) {
+        let out = match producer {
+            None => {
+                let mut x = probe.to_owned();
+                inject(x.view_mut(), &mut rng, true)?;
+                exec.run(x.view())?
+            }
+            Some(_) => {
+                let mut failure = None;
+                let out = exec.run_with_mut(probe.view(), |name, _, act| {
+                    if name == tensor {
+                        if let Err(e) = inject(act.view_mut(), &mut rng, true) {
+                            failure = Some(e);
+                        }
+                    }
+                })?;
+                if let Some(e) = failure {
+                    return Err(e);
+                }
+                out
+            }
+        };
+        activations.push((tensor, gain_of(&out)?));
+    }
+    Ok(NoiseGains {
+        weights,
+        weights_coherent,
+        activations,
+    })
+}
+
+/// Adds uniform noise at [`GAIN_PROBE_DB`] below the tensor's power (only on non-zero entries when
+/// `nonzero_only`).
+fn inject(mut x: ndarray::ArrayViewMutD<'_, f32>, rng: &mut crate::fixed::SplitMix64, nonzero_only: bool) -> Result<()> {
+    let n = x.len() as f64;
+    let power: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / n.max(1.0);
+    let active = if nonzero_only { x.iter().filter(|&&v| v != 0.0).count() as f64 } else { n };
+    if power == 0.0 || active == 0.0 {
+        return Err(Error::ZeroVariance {
+            what: "tensor for noise injection",
+            count: x.len() as u64,
+            value: 0.0,
+        });
+    }
+    // Uniform on [-a, a] has variance a²/3.
+    let var = power * sqnr::db_to_linear(-GAIN_PROBE_DB) * n / active;
+    let a = (3.0 * var).sqrt();
+    for v in x.iter_mut() {
+        if !nonzero_only || *v != 0.0 {
+            *v += ((2.0 * rng.next_unit() - 1.0) * a) as f32;
+        }
+    }
+    Ok(())
+}
+
+/// One candidate width of a weight group: its format, its noise-to-signal ratio relative to the
+/// layer's energy (`own`), and the same weighted by the noise gains (`term`, the Eq. 9 contribution).
+#[derive(Debug, Clone, Copy)]
+struct WeightOption {
+    format: QFormat,
+    own: f64,
+    term: f64,
+}
+
+/// Splits the quantization error of `data` in `format` into a part along the data itself and the rest,
+/// both as ratios to the data's energy E = Σw²: with α = ⟨q, w⟩/E,
+/// coherent = (α − 1)², incoherent = ‖q − αw‖²/E, and coherent + incoherent = ‖q − w‖²/E.
+///
+/// The coherent part rescales the tensor — it travels to the output like signal — while the
+/// incoherent part behaves as the paper's independent noise. At one or two bits the coherent part is
+/// large (a quantizer shrinks or stretches the weights), which is why it gets its own gain.
+fn noise_split(data: &[f32], format: QFormat) -> Result<(f64, f64)> {
+    let q = crate::fixed::Quantizer::<i32>::new(format)?
+        .quantize(ndarray::ArrayView1::from(data))?
+        .dequantize();
+    let (mut e, mut qw, mut qq) = (0f64, 0f64, 0f64);
+    for (&w, &v) in data.iter().zip(q.iter()) {
+        let (w, v) = (f64::from(w), f64::from(v));
+        e += w * w;
+        qw += v * w;
+        qq += v * v;
+    }
+    if e == 0.0 {
+        return Err(Error::ZeroVariance {
+            what: "weights",
+            count: data.len() as u64,
+            value: 0.0,
+        });
+    }
+    let alpha = qw / e;
+    let coherent = (alpha - 1.0) * (alpha - 1.0);
+    // ‖q − αw‖² = ‖q‖² − 2α⟨q, w⟩ + α²E = ‖q‖² − α⟨q, w⟩.
+    let incoherent = ((qq - alpha * qw) / e).max(0.0);
+    Ok((coherent, incoherent))
+}
+
 fn step_format(
     rule: StepRule,
     fit: &Fit,
@@ -589,18 +795,27 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
             Grid::MidTread,
         )?;
         let predicted_sqnr_db = sqnr::predict_db(&fit, format)?;
+        let gain_db = config.gains.as_ref().map_or(Ok(0.0), |g| g.activation_db(tensor))?;
         activations.push(ActivationPlan {
             tensor: tensor.clone(),
             format,
             predicted_sqnr_db,
+            gain_db,
         });
     }
-    // Weight specs.
+    // Weight specs: one per tensor or channel, with each width's format and Eq. 9 term.
     let mut specs = Vec::new();
     let mut spec_owner: Vec<(usize, usize)> = Vec::new(); // (layer, channel or 0)
-    let mut formats_by_bits: Vec<Vec<HashMap<u32, QFormat>>> = Vec::new();
+    let mut options: Vec<Vec<HashMap<u32, WeightOption>>> = Vec::new();
     let (bmin, bmax) = (*config.weight_bits.start(), *config.weight_bits.end());
     for (li, lw) in layers.iter().enumerate() {
+        let gains = match &config.gains {
+            Some(g) => (
+                sqnr::db_to_linear(g.weight_db(&lw.node)?),
+                sqnr::db_to_linear(g.weight_coherent_db(&lw.node)?),
+            ),
+            None => (1.0, 1.0),
+        };
         let groups: Vec<Vec<f32>> = match config.granularity {
             Granularity::PerTensor => vec![lw.matrix.iter().copied().collect()],
             Granularity::PerChannel => lw
@@ -614,11 +829,11 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
         for (g, data) in groups.iter().enumerate() {
             let fit = dist::fit(data).map_err(|e| with_tensor(e, &lw.weight_name))?;
             let energy: f64 = data.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-            let shift_db = 10.0 * (total_energy / energy).log10();
-            let mut fmts = HashMap::new();
+            let share = energy / total_energy;
+            let mut opts = HashMap::new();
             let mut values = Vec::new();
             for bits in bmin..=bmax {
-                let fmt = step_format(
+                let format = step_format(
                     config.weight_step,
                     &fit,
                     Some(data),
@@ -626,21 +841,24 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
                     true,
                     config.weight_grid,
                 )?;
-                fmts.insert(bits, fmt);
-                let db = match config.curve {
-                    CurveSource::Measured => sqnr::measure_format_db(data, fmt)?,
+                let (own, term) = match config.curve {
                     CurveSource::Predicted => {
-                        sqnr::predict_db_for(&fit, fit.best_family(), fmt)?.min(sqnr::CURVE_CAP_DB)
+                        let own = sqnr::db_to_linear(-sqnr::predict_db(&fit, format)?);
+                        (share * own, share * own * gains.0)
                     }
-                    CurveSource::Linear { kappa_db_per_bit } => kappa_db_per_bit * f64::from(bits),
+                    _ => {
+                        let (coherent, incoherent) = noise_split(data, format)?;
+                        (
+                            share * (coherent + incoherent),
+                            share * (coherent * gains.1 + incoherent * gains.0),
+                        )
+                    }
                 };
-                values.push(
-                    db + if matches!(config.curve, CurveSource::Linear { .. }) {
-                        0.0
-                    } else {
-                        shift_db
-                    },
-                );
+                values.push(match config.curve {
+                    CurveSource::Linear { kappa_db_per_bit } => kappa_db_per_bit * f64::from(bits),
+                    _ => (-sqnr::linear_to_db(term)).min(sqnr::CURVE_CAP_DB),
+                });
+                opts.insert(bits, WeightOption { format, own, term });
             }
             let curve = SqnrCurve::Table {
                 min_bits: bmin,
@@ -654,13 +872,13 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
             }
             specs.push(spec);
             spec_owner.push((li, g));
-            per_group.push(fmts);
+            per_group.push(opts);
         }
-        formats_by_bits.push(per_group);
+        options.push(per_group);
     }
     // Activation terms: pinned, zero cost, constant SQNR.
     for a in &activations {
-        let v = a.predicted_sqnr_db.min(sqnr::CURVE_CAP_DB);
+        let v = (a.predicted_sqnr_db - a.gain_db).min(sqnr::CURVE_CAP_DB);
         specs.push(
             LayerSpec::new(
                 a.tensor.clone(),
@@ -681,7 +899,7 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
         config.solver
     };
     let alloc = allocate_bits_with(&specs, config.budget, solver)?;
-    // Assemble weight plans and their predicted SQNR (measured/predicted curves, never the κ line).
+    // Assemble weight plans with their own SQNR and their Eq. 9 term.
     let mut weights: Vec<WeightPlan> = layers
         .iter()
         .map(|lw| WeightPlan {
@@ -692,44 +910,28 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
             bits: Vec::new(),
             formats: Vec::new(),
             predicted_sqnr_db: 0.0,
+            gain_db: 0.0,
         })
         .collect();
-    let mut noise_by_layer = vec![0f64; layers.len()];
+    let mut own_by_layer = vec![0f64; layers.len()];
+    let mut term_by_layer = vec![0f64; layers.len()];
     for (k, &(li, g)) in spec_owner.iter().enumerate() {
         let bits = alloc.bits()[k];
-        let fmt =
-            formats_by_bits[li][g]
-                .get(&bits)
-                .copied()
-                .ok_or_else(|| Error::InvalidArgument {
-                    name: "weight_bits",
-                    reason: format!("no format computed for {bits} bits"),
-                })?;
+        let opt = options[li][g].get(&bits).ok_or_else(|| Error::InvalidArgument {
+            name: "weight_bits",
+            reason: format!("no format computed for {bits} bits"),
+        })?;
         weights[li].bits.push(bits);
-        weights[li].formats.push(fmt);
-        let lw = &layers[li];
-        let data: Vec<f32> = match config.granularity {
-            Granularity::PerTensor => lw.matrix.iter().copied().collect(),
-            Granularity::PerChannel => lw.matrix.row(g).to_vec(),
-        };
-        let total_energy: f64 = lw.matrix.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-        let energy: f64 = data.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-        let db = match config.curve {
-            CurveSource::Measured | CurveSource::Linear { .. } => {
-                sqnr::measure_format_db(&data, fmt)?
-            }
-            CurveSource::Predicted => {
-                let fit = dist::fit(&data)?;
-                sqnr::predict_db(&fit, fmt)?
-            }
-        };
-        noise_by_layer[li] += energy / total_energy * sqnr::db_to_linear(-db);
+        weights[li].formats.push(opt.format);
+        own_by_layer[li] += opt.own;
+        term_by_layer[li] += opt.term;
     }
-    for (w, n) in weights.iter_mut().zip(&noise_by_layer) {
-        w.predicted_sqnr_db = (-sqnr::linear_to_db(*n)).min(sqnr::CURVE_CAP_DB);
+    for ((w, own), term) in weights.iter_mut().zip(&own_by_layer).zip(&term_by_layer) {
+        w.predicted_sqnr_db = (-sqnr::linear_to_db(*own)).min(sqnr::CURVE_CAP_DB);
+        w.gain_db = sqnr::linear_to_db(term / own);
     }
-    let mut terms: Vec<f64> = weights.iter().map(|w| w.predicted_sqnr_db).collect();
-    terms.extend(activations.iter().map(|a| a.predicted_sqnr_db));
+    let mut terms: Vec<f64> = weights.iter().map(|w| w.predicted_sqnr_db - w.gain_db).collect();
+    terms.extend(activations.iter().map(|a| a.predicted_sqnr_db - a.gain_db));
     let predicted_output_sqnr_db = sqnr::network_db(&terms)?;
     Ok(QuantPlan {
         weights,

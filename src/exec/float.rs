@@ -112,6 +112,19 @@ impl<'g> FloatExecutor<'g> {
     where
         F: FnMut(&str, usize, &ArrayViewD<'_, f32>),
     {
+        self.run_with_mut(input, |name, i, out| observer(name, i, &out.view()))
+    }
+
+    /// As [`FloatExecutor::run_with`], but the observer may modify each node's output before later
+    /// nodes read it — for example to inject noise of a known power and measure how it reaches the
+    /// output (the noise gains of [`crate::plan`]).
+    ///
+    /// # Errors
+    /// As [`FloatExecutor::run`].
+    pub fn run_with_mut<F>(&self, input: ArrayViewD<'_, f32>, mut observer: F) -> Result<ArrayD<f32>>
+    where
+        F: FnMut(&str, usize, &mut ArrayD<f32>),
+    {
         let shapes = self.graph.infer_shapes(input.shape())?;
         let mut values: Vec<Option<ArrayD<f32>>> = vec![None; self.graph.nodes().len()];
         for (i, node) in self.graph.nodes().iter().enumerate() {
@@ -120,7 +133,7 @@ impl<'g> FloatExecutor<'g> {
                 && let Some(mut out) = values[j].take()
             {
                 apply_unary(&node.op, &mut out);
-                observer(&node.output, i, &out.view());
+                observer(&node.output, i, &mut out);
                 values[i] = Some(out);
                 continue;
             }
@@ -135,9 +148,9 @@ impl<'g> FloatExecutor<'g> {
                         .ok_or_else(|| freed(node.name.as_str())),
                 })
                 .collect::<Result<_>>()?;
-            let out = eval(&node.op, &args, &shapes[i])?;
+            let mut out = eval(&node.op, &args, &shapes[i])?;
             drop(args);
-            observer(&node.output, i, &out.view());
+            observer(&node.output, i, &mut out);
             values[i] = Some(out);
             for &j in &self.frees[i] {
                 values[j] = None;
