@@ -59,8 +59,8 @@ use crate::alloc::{Budget, LayerSpec, Solver, SqnrCurve, allocate_bits_with};
 use crate::calib::Calibration;
 use crate::dist::{self, Fit};
 use crate::error::{Error, Result};
-use crate::fixed::{Grid, PAPER_XI_PER_SIGMA, QFormat};
 use crate::exec::FloatExecutor;
+use crate::fixed::{Grid, PAPER_XI_PER_SIGMA, QFormat};
 use crate::graph::{Graph, Op};
 use crate::sqnr;
 
@@ -611,7 +611,11 @@ pub const GAIN_PROBE_DB: f64 = 30.0;
 ///
 /// # Errors
 /// The executor's errors; [`Error::ZeroVariance`] if the probe's output or a tensor is all zeros.
-pub fn noise_gains(graph: &Graph, probe: ndarray::ArrayViewD<'_, f32>, seed: u64) -> Result<NoiseGains> {
+pub fn noise_gains(
+    graph: &Graph,
+    probe: ndarray::ArrayViewD<'_, f32>,
+    seed: u64,
+) -> Result<NoiseGains> {
     let clean = FloatExecutor::new(graph).run(probe.view())?;
     let clean_s: Vec<f32> = clean.iter().copied().collect();
     let mut rng = crate::fixed::SplitMix64::new(seed);
@@ -623,10 +627,14 @@ pub fn noise_gains(graph: &Graph, probe: ndarray::ArrayViewD<'_, f32>, seed: u64
     let mut weights_coherent = Vec::new();
     for lw in layer_weights(graph)? {
         let mut g = graph.clone();
-        let mut w = graph.initializer(&lw.weight_name).cloned().ok_or_else(|| Error::InvalidArgument {
-            name: "graph",
-            reason: format!("no initializer '{}'", lw.weight_name),
-        })?;
+        let mut w =
+            graph
+                .initializer(&lw.weight_name)
+                .cloned()
+                .ok_or_else(|| Error::InvalidArgument {
+                    name: "graph",
+                    reason: format!("no initializer '{}'", lw.weight_name),
+                })?;
         let original = w.clone();
         inject(w.view_mut(), &mut rng, false)?;
         g.set_initializer(&lw.weight_name, w)?;
@@ -650,11 +658,10 @@ pub fn noise_gains(graph: &Graph, probe: ndarray::ArrayViewD<'_, f32>, seed: u64
             Some(_) => {
                 let mut failure = None;
                 let out = exec.run_with_mut(probe.view(), |name, _, act| {
-                    if name == tensor {
-                        if let Err(e) = inject(act.view_mut(), &mut rng, true) {
+                    if name == tensor
+                        && let Err(e) = inject(act.view_mut(), &mut rng, true) {
                             failure = Some(e);
                         }
-                    }
                 })?;
                 if let Some(e) = failure {
                     return Err(e);
@@ -673,10 +680,18 @@ pub fn noise_gains(graph: &Graph, probe: ndarray::ArrayViewD<'_, f32>, seed: u64
 
 /// Adds uniform noise at [`GAIN_PROBE_DB`] below the tensor's power (only on non-zero entries when
 /// `nonzero_only`).
-fn inject(mut x: ndarray::ArrayViewMutD<'_, f32>, rng: &mut crate::fixed::SplitMix64, nonzero_only: bool) -> Result<()> {
+fn inject(
+    mut x: ndarray::ArrayViewMutD<'_, f32>,
+    rng: &mut crate::fixed::SplitMix64,
+    nonzero_only: bool,
+) -> Result<()> {
     let n = x.len() as f64;
     let power: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / n.max(1.0);
-    let active = if nonzero_only { x.iter().filter(|&&v| v != 0.0).count() as f64 } else { n };
+    let active = if nonzero_only {
+        x.iter().filter(|&&v| v != 0.0).count() as f64
+    } else {
+        n
+    };
     if power == 0.0 || active == 0.0 {
         return Err(Error::ZeroVariance {
             what: "tensor for noise injection",
@@ -795,7 +810,10 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
             Grid::MidTread,
         )?;
         let predicted_sqnr_db = sqnr::predict_db(&fit, format)?;
-        let gain_db = config.gains.as_ref().map_or(Ok(0.0), |g| g.activation_db(tensor))?;
+        let gain_db = config
+            .gains
+            .as_ref()
+            .map_or(Ok(0.0), |g| g.activation_db(tensor))?;
         activations.push(ActivationPlan {
             tensor: tensor.clone(),
             format,
@@ -917,10 +935,12 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
     let mut term_by_layer = vec![0f64; layers.len()];
     for (k, &(li, g)) in spec_owner.iter().enumerate() {
         let bits = alloc.bits()[k];
-        let opt = options[li][g].get(&bits).ok_or_else(|| Error::InvalidArgument {
-            name: "weight_bits",
-            reason: format!("no format computed for {bits} bits"),
-        })?;
+        let opt = options[li][g]
+            .get(&bits)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "weight_bits",
+                reason: format!("no format computed for {bits} bits"),
+            })?;
         weights[li].bits.push(bits);
         weights[li].formats.push(opt.format);
         own_by_layer[li] += opt.own;
@@ -930,7 +950,10 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
         w.predicted_sqnr_db = (-sqnr::linear_to_db(*own)).min(sqnr::CURVE_CAP_DB);
         w.gain_db = sqnr::linear_to_db(term / own);
     }
-    let mut terms: Vec<f64> = weights.iter().map(|w| w.predicted_sqnr_db - w.gain_db).collect();
+    let mut terms: Vec<f64> = weights
+        .iter()
+        .map(|w| w.predicted_sqnr_db - w.gain_db)
+        .collect();
     terms.extend(activations.iter().map(|a| a.predicted_sqnr_db - a.gain_db));
     let predicted_output_sqnr_db = sqnr::network_db(&terms)?;
     Ok(QuantPlan {

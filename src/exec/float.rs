@@ -121,7 +121,11 @@ impl<'g> FloatExecutor<'g> {
     ///
     /// # Errors
     /// As [`FloatExecutor::run`].
-    pub fn run_with_mut<F>(&self, input: ArrayViewD<'_, f32>, mut observer: F) -> Result<ArrayD<f32>>
+    pub fn run_with_mut<F>(
+        &self,
+        input: ArrayViewD<'_, f32>,
+        mut observer: F,
+    ) -> Result<ArrayD<f32>>
     where
         F: FnMut(&str, usize, &mut ArrayD<f32>),
     {
