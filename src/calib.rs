@@ -89,10 +89,7 @@ impl Calibration {
             return Err(e);
         }
         for (name, acc) in local {
-            self.tensors
-                .entry(name)
-                .or_default()
-                .merge(&acc);
+            self.tensors.entry(name).or_default().merge(&acc);
         }
         self.input_name = Some(input_name);
         self.images += n as u64;
@@ -102,10 +99,7 @@ impl Calibration {
     /// Merges another calibration (of other images of the same graph) into this one.
     pub fn merge(&mut self, other: &Calibration) {
         for (name, acc) in &other.tensors {
-            self.tensors
-                .entry(name.clone())
-                .or_default()
-                .merge(acc);
+            self.tensors.entry(name.clone()).or_default().merge(acc);
         }
         self.images += other.images;
         if self.input_name.is_none() {
@@ -149,9 +143,7 @@ fn push(
     name: &str,
     x: &ArrayViewD<'_, f32>,
 ) -> Result<()> {
-    let acc = map
-        .entry(name.to_string())
-        .or_default();
+    let acc = map.entry(name.to_string()).or_default();
     let r = match x.as_slice() {
         Some(s) => acc.push_slice(s),
         None => acc.push_slice(&x.iter().copied().collect::<Vec<f32>>()),
