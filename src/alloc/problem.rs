@@ -57,7 +57,12 @@ impl<'a> Problem<'a> {
         let n = layers.len();
         let points: usize = spans.iter().map(|s| (s.hi - s.lo + 1) as usize).sum();
         let inc_cap = if increments.is_some() { points - n } else { 0 };
-        let spare = SPARE.take().unwrap_or_default();
+        // `try_with`: no panic even while the thread's locals are being destroyed.
+        let spare = SPARE
+            .try_with(Cell::take)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let mut pb = Problem {
             layers,
             spans,
@@ -338,7 +343,7 @@ impl Drop for Problem<'_> {
             inc_weight: std::mem::take(&mut self.inc_weight),
         };
         if buffers.capacity_bytes() <= SPARE_MAX_BYTES {
-            SPARE.set(Some(buffers));
+            let _ = SPARE.try_with(|spare| spare.set(Some(buffers)));
         }
     }
 }
