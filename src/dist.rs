@@ -493,7 +493,7 @@ impl Fit {
     pub fn std(&self) -> f64 {
         self.std
     }
-    /// Root mean square √E[x²] over all values (the signal power a symmetric quantizer sees is rms²).
+    /// Root mean square √E\[x²\] over all values (the signal power a symmetric quantizer sees is rms²).
     pub fn rms(&self) -> f64 {
         self.rms
     }

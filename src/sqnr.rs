@@ -1,7 +1,7 @@
 //! Signal-to-quantization-noise ratio: measurement, prediction for a fitted tensor, and the paper's
 //! aggregation across layers (Eq. 9).
 //!
-//! * SQNR = E[x²] / E[(x − Q(x))²]; in dB, 10·log₁₀(SQNR) ([`measure_db`]).
+//! * SQNR = E\[x²\] / E\[(x − Q(x))²\]; in dB, 10·log₁₀(SQNR) ([`measure_db`]).
 //! * For a tensor fitted by [`crate::dist`], [`predict_db`] gives the expected SQNR of a given
 //!   power-of-two [`QFormat`] from the exact quantizer error of the fitted family ([`crate::table`]),
 //!   overload included.
@@ -81,7 +81,7 @@ pub fn measure_db(reference: &[f32], approx: &[f32]) -> Result<f64> {
 
 /// Predicted SQNR in dB of quantizing a tensor with fit `fit` in format `format`.
 ///
-/// Signal power is the tensor's E[x²] = rms². The noise of the non-zero part (fraction 1 − z) is
+/// Signal power is the tensor's E\[x²\] = rms². The noise of the non-zero part (fraction 1 − z) is
 /// σ² · MSE_family(b, Δ/σ) with the best family and its fitted σ ([`Fit::effective_std`]), using the
 /// mid-tread error for two's complement formats, the mid-rise error for [`Grid::MidRise`], and the
 /// one-sided error ([`table::mse_unsigned`]) for unsigned formats. Exact zeros cost nothing on a

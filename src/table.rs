@@ -92,7 +92,7 @@ impl Family {
         if x >= 0.0 { 1.0 - t } else { t }
     }
 
-    /// Excess kurtosis E[X⁴]/E[X²]² − 3.
+    /// Excess kurtosis E\[X⁴\]/E\[X²\]² − 3.
     pub fn excess_kurtosis(self) -> f64 {
         match self {
             Family::Uniform => -1.2,
@@ -304,7 +304,7 @@ pub fn mse_mid_tread(family: Family, bits: u32, step: f64) -> Result<f64> {
 }
 
 /// Exact mean-squared error of the unsigned quantizer with levels q·`step`, q = 0..2^bits − 1, on
-/// one-sided data: |X| for X of `family` (density 2p(x) on x ≥ 0, E[X²] = 1), as after a ReLU.
+/// one-sided data: |X| for X of `family` (density 2p(x) on x ≥ 0, E\[X²\] = 1), as after a ReLU.
 ///
 /// # Errors
 /// As [`mse`].

@@ -651,3 +651,21 @@ fn allocation_accessors() {
         assert!((s - e / total).abs() < 1e-12);
     }
 }
+
+/// Regression (proptest, `tests/alloc.proptest-regressions`): one layer whose hull has a single
+/// increment, with a target its narrowest width already meets.
+#[test]
+fn regression_single_increment_layer() {
+    let line = SqnrCurve::Linear {
+        kappa_db_per_bit: 0.5,
+        offset_db: 0.0,
+    };
+    let layers = [LayerSpec::new("l1", 1, line).bits_range(1..=2)];
+    let budget = Budget::MinSqnrDb(0.0);
+    let a = allocate_bits(&layers, budget).unwrap();
+    assert_eq!(
+        Some(a.model_bits()),
+        reference(&layers, budget).map(|r| r.0)
+    );
+    assert_eq!(a.bits(), [1]);
+}

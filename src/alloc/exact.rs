@@ -6,7 +6,7 @@
 // Layer indices address several parallel arrays at once.
 #![allow(clippy::needless_range_loop)]
 
-use super::problem::Problem;
+use super::problem::{Problem, bits_of, nth_vertex};
 use super::{Allocation, GapBound, Goal, LayerSpec, Solver, Span, assemble};
 use crate::error::Result;
 
@@ -30,6 +30,8 @@ const COLLECT_MAX: u32 = 1 << 14;
 const IMPROVE_MAX_MOVES: usize = 1 << 14;
 /// Relative slack kept by pruning tests, so that floating-point rounding never removes an optimum.
 const PRUNE_TOL: f64 = 1e-9;
+/// Relative margin of the chord bound that lets the greedy improvement skip a layer.
+const SKIP_MARGIN: f64 = 1e-9;
 /// Relative margin taken off the Lagrangian bound before it is reported.
 const BOUND_MARGIN: f64 = 1e-12;
 
@@ -97,12 +99,11 @@ pub(crate) fn solve(
     };
     let by_noise = matches!(kind, Kind::MinCost { .. });
     let pb = Problem::build(layers, spans, Some(by_noise));
-    let first = pb.first_positions();
-    let last = pb.last_positions();
-    let (min_cost, first_noise) = pb.evaluate(&first);
-    let (last_cost, best_noise) = pb.evaluate(&last);
+    let (min_cost, first_noise) = pb.first;
+    let (last_cost, best_noise) = pb.last;
     let done = |pos: &[u8], gap: GapBound| {
-        assemble(spans, pb.widths(pos), pb.noises(pos), solver, Some(gap))
+        let (widths, noises) = pb.widths_noises(pos);
+        assemble(spans, widths, noises, solver, Some(gap))
     };
     match kind {
         Kind::MinCost { max_noise } => {
@@ -110,7 +111,7 @@ pub(crate) fn solve(
                 return Err(goal.infeasible(best_noise, min_cost));
             }
             if first_noise <= max_noise {
-                return Ok(done(&first, GapBound::ModelBits(0)));
+                return Ok(done(&pb.first_positions(), GapBound::ModelBits(0)));
             }
         }
         Kind::MinNoise { max_bits } => {
@@ -118,7 +119,7 @@ pub(crate) fn solve(
                 return Err(goal.infeasible(best_noise, min_cost));
             }
             if last_cost <= max_bits {
-                return Ok(done(&last, GapBound::SqnrDb(0.0)));
+                return Ok(done(&pb.last_positions(), GapBound::SqnrDb(0.0)));
             }
         }
     }
@@ -129,16 +130,14 @@ pub(crate) fn solve(
         Kind::MinNoise { max_bits } => ((max_bits - min_cost) as f64, false),
     };
     let split = select_split(&pb, target, inclusive);
-    let mut pos = match split {
-        Some(s) => positions(&pb, s, inclusive),
-        None => last.clone(),
-    };
     // The multiplier: the split increment's efficiency (noise removed per model bit), exactly.
     let lambda = match split {
         Some(s) => {
-            let (v, _) = pb.hull_vertices(s.layer);
-            let (from, to) = (v[s.t] as usize, v[s.t + 1] as usize);
-            let d_noise = pb.noise_at(s.layer, from) - pb.noise_at(s.layer, to);
+            let (from, to) = (
+                nth_vertex(pb.hull[s.layer], s.t) as usize,
+                nth_vertex(pb.hull[s.layer], s.t + 1) as usize,
+            );
+            let d_noise = pb.vertex_noise(s.layer, s.t) - pb.vertex_noise(s.layer, s.t + 1);
             let d_cost = (pb.cost(s.layer, to) - pb.cost(s.layer, from)) as f64;
             if by_noise {
                 d_cost / d_noise
@@ -148,16 +147,27 @@ pub(crate) fn solve(
         }
         None => 0.0,
     };
-    // Per-layer minima of the Lagrangian; on the convex hull they are found by a local walk from
-    // the relaxed position.
-    let mins: Vec<f64> = (0..pb.len())
-        .map(|i| lagrangian_min(&pb, kind, lambda, i, pos[i] as usize))
-        .collect();
-    repair(&pb, kind, &mut pos, &first, &last);
-    improve(&pb, kind, &mut pos);
-    let (inc_cost, inc_noise) = pb.evaluate(&pos);
+    // Rounded positions and, per layer, the minimum of the Lagrangian; on the convex hull it is found
+    // by a local walk from the relaxed position. The minima are kept only if the exact phase may run.
+    let keep_mins = dp && pb.free_layers <= EXACT_MAX_FREE_LAYERS;
+    let mut mins: Vec<f64> = Vec::with_capacity(if keep_mins { pb.len() } else { 0 });
+    let mut sum_mins = 0.0;
+    let mut pos = vec![0u8; pb.len()];
+    for (i, p) in pos.iter_mut().enumerate() {
+        let rank = match split {
+            Some(s) => taken(&pb, i, s, inclusive),
+            None => pb.vertices(i) - 1,
+        };
+        *p = nth_vertex(pb.hull[i], rank);
+        let min = lagrangian_min(&pb, kind, lambda, i, rank);
+        sum_mins += min;
+        if keep_mins {
+            mins.push(min);
+        }
+    }
+    let state = repair(&pb, kind, &mut pos);
+    let (inc_cost, inc_noise) = improve(&pb, kind, &mut pos, state);
 
-    let sum_mins: f64 = mins.iter().sum();
     let dual = sum_mins - lambda * kind.cap();
     let scale = sum_mins.abs() + (lambda * kind.cap()).abs();
     let trivial = match kind {
@@ -169,7 +179,7 @@ pub(crate) fn solve(
         Kind::MinCost { .. } => GapBound::ModelBits(inc_cost.saturating_sub(lower.ceil() as u64)),
         Kind::MinNoise { .. } => GapBound::SqnrDb((10.0 * (inc_noise / lower).log10()).max(0.0)),
     };
-    if gap.is_zero() || !dp || pb.free_layers > EXACT_MAX_FREE_LAYERS {
+    if gap.is_zero() || !keep_mins {
         return Ok(done(&pos, gap));
     }
     let proven = Dual {
@@ -197,35 +207,44 @@ fn lagrangian(kind: Kind, lambda: f64, cost: u64, noise: f64) -> f64 {
 }
 
 /// `min_j primary + lambda * secondary` over the points of layer `i`: the minimum over hull vertices,
-/// found by walking from vertex `near` while the value decreases (the values along the lower hull are
+/// found by walking from vertex `rank` while the value decreases (the values along the lower hull are
 /// convex, up to rounding, which the bound's margin absorbs).
-fn lagrangian_min(pb: &Problem, kind: Kind, lambda: f64, i: usize, near: usize) -> f64 {
-    let (v, len) = pb.hull_vertices(i);
-    let value = |a: usize| {
+fn lagrangian_min(pb: &Problem, kind: Kind, lambda: f64, i: usize, rank: usize) -> f64 {
+    let hull = pb.hull[i];
+    let len = pb.vertices(i);
+    let (cpb, lo) = (pb.cpb(i), u64::from(pb.width(i, 0)));
+    let value = |r: usize, t: u32| {
         lagrangian(
             kind,
             lambda,
-            pb.cost(i, v[a] as usize),
-            pb.noise_at(i, v[a] as usize),
+            cpb * (lo + u64::from(t)),
+            pb.vertex_noise(i, r),
         )
     };
-    let mut a = pb.vertex_rank(i, near).min(len - 1);
-    let mut best = value(a);
+    let mut a = rank.min(len - 1);
+    let mut t = u32::from(nth_vertex(hull, a));
+    let mut best = value(a, t);
     while a + 1 < len {
-        let next = value(a + 1);
+        // The next vertex: the lowest hull bit above t.
+        let next_t = (hull & (u64::MAX << t << 1)).trailing_zeros();
+        let next = value(a + 1, next_t);
         if next >= best {
             break;
         }
         best = next;
         a += 1;
+        t = next_t;
     }
     while a > 0 {
-        let prev = value(a - 1);
+        // The previous vertex: the highest hull bit below t.
+        let prev_t = 63 - (hull & ((1u64 << t) - 1)).leading_zeros();
+        let prev = value(a - 1, prev_t);
         if prev >= best {
             break;
         }
         best = prev;
         a -= 1;
+        t = prev_t;
     }
     best
 }
@@ -254,12 +273,10 @@ impl Split {
 fn select_split(pb: &Problem, target: f64, inclusive: bool) -> Option<Split> {
     let keys = &pb.inc_key;
     let weights = &pb.inc_weight;
-    let (mut lo, mut hi) = keys
-        .iter()
-        .fold((u32::MAX, 0), |(a, b), &k| (a.min(k), b.max(k)));
     if keys.is_empty() {
         return None;
     }
+    let (mut lo, mut hi) = pb.key_range;
     let crosses = |cum: f64| {
         if inclusive {
             cum >= target
@@ -277,8 +294,9 @@ fn select_split(pb: &Problem, target: f64, inclusive: bool) -> Option<Split> {
         hist_w[..buckets].fill(0.0);
         hist_n[..buckets].fill(0);
         for (&key, &w) in keys.iter().zip(weights) {
-            if key >= lo && key <= hi {
-                let b = ((key - lo) >> shift) as usize;
+            // One unsigned comparison tests lo <= key <= hi.
+            let b = (key.wrapping_sub(lo) >> shift) as usize;
+            if key.wrapping_sub(lo) <= range {
                 hist_w[b] += f64::from(w);
                 hist_n[b] += 1;
             }
@@ -303,8 +321,8 @@ fn select_split(pb: &Problem, target: f64, inclusive: bool) -> Option<Split> {
     // Collect the bucket in (layer, t) order and order it by key, stably.
     let mut items: Vec<(u32, usize, usize, f32)> = Vec::new();
     for i in 0..pb.len() {
-        let base = pb.inc_start[i];
-        for (t, &key) in keys[base..pb.inc_start[i + 1]].iter().enumerate() {
+        let base = pb.inc_offset(i);
+        for (t, &key) in pb.inc_keys(i).iter().enumerate() {
             if key >= lo && key <= hi {
                 items.push((key, i, t, weights[base + t]));
             }
@@ -324,47 +342,37 @@ fn select_split(pb: &Problem, target: f64, inclusive: bool) -> Option<Split> {
         .map(|&(key, layer, t, _)| Split { key, layer, t })
 }
 
-/// Per layer, the hull vertex reached by taking the increments before the split (and the split itself
-/// if `inclusive`).
-fn positions(pb: &Problem, split: Split, inclusive: bool) -> Vec<u8> {
-    (0..pb.len())
-        .map(|i| {
-            let keys = &pb.inc_key[pb.inc_start[i]..pb.inc_start[i + 1]];
-            let mut taken = 0;
-            for (t, &key) in keys.iter().enumerate() {
-                let take = split.after(key, i, t)
-                    || (inclusive && (key, i, t) == (split.key, split.layer, split.t));
-                if !take {
-                    break;
-                }
-                taken += 1;
-            }
-            nth_vertex(pb.hull[i], taken)
-        })
-        .collect()
-}
-
-/// Staircase index of hull vertex `n` (0-based) of a hull mask.
+/// Number of hull increments of layer `i` taken by the relaxation: those before the split in greedy
+/// order, and the split itself if `inclusive`. Their keys are non-increasing, so the count stops at
+/// the first increment not taken.
 #[inline]
-fn nth_vertex(mut mask: u64, n: usize) -> u8 {
-    for _ in 0..n {
-        mask &= mask.wrapping_sub(1);
+fn taken(pb: &Problem, i: usize, split: Split, inclusive: bool) -> usize {
+    let keys = pb.inc_keys(i);
+    let mut taken = 0;
+    for (t, &key) in keys.iter().enumerate() {
+        let take = split.after(key, i, t)
+            || (inclusive && (key, i, t) == (split.key, split.layer, split.t));
+        if !take {
+            break;
+        }
+        taken += 1;
     }
-    mask.trailing_zeros().min(63) as u8
+    taken
 }
 
 /// Makes `pos` (hull vertices) feasible after rounding error: steps along the hulls in greedy order
 /// until the budget holds, and after 64 steps falls back to the extreme point that is feasible.
-fn repair(pb: &Problem, kind: Kind, pos: &mut [u8], first: &[u8], last: &[u8]) {
+/// Returns the canonical `(model bits, noise)` of the final `pos`.
+fn repair(pb: &Problem, kind: Kind, pos: &mut [u8]) -> (u64, f64) {
     for _ in 0..64 {
         let (cost, noise) = pb.evaluate(pos);
         if kind.feasible(cost, noise) {
-            return;
+            return (cost, noise);
         }
         // MinCost: take the most efficient next increment; MinNoise: drop the least efficient taken one.
         let mut best: Option<(u32, usize)> = None;
         for i in 0..pb.len() {
-            let keys = &pb.inc_key[pb.inc_start[i]..pb.inc_start[i + 1]];
+            let keys = pb.inc_keys(i);
             let t = pb.vertex_rank(i, pos[i] as usize);
             match kind {
                 Kind::MinCost { .. } => {
@@ -388,46 +396,72 @@ fn repair(pb: &Problem, kind: Kind, pos: &mut [u8], first: &[u8], last: &[u8]) {
             Kind::MinNoise { .. } => nth_vertex(pb.hull[i], t - 1),
         };
     }
-    let fallback = match kind {
-        Kind::MinCost { .. } => last,
-        Kind::MinNoise { .. } => first,
-    };
     let (cost, noise) = pb.evaluate(pos);
     if !kind.feasible(cost, noise) {
-        pos.copy_from_slice(fallback);
+        match kind {
+            Kind::MinCost { .. } => pos.copy_from_slice(&pb.last_positions()),
+            Kind::MinNoise { .. } => pos.copy_from_slice(&pb.first_positions()),
+        }
+        return pb.evaluate(pos);
     }
+    (cost, noise)
 }
 
 /// Greedy use of the slack left by rounding, over all staircase points (not only hull vertices):
 /// `MinCost` moves layers to cheaper points while the noise cap holds; `MinNoise` moves layers to less
-/// noisy points while the size cap holds. Keeps `pos` feasible.
-fn improve(pb: &Problem, kind: Kind, pos: &mut [u8]) {
+/// noisy points while the size cap holds. Keeps `pos` feasible. `state` is the canonical `(model bits,
+/// noise)` of `pos` on entry; returns that of `pos` on exit.
+fn improve(pb: &Problem, kind: Kind, pos: &mut [u8], state: (u64, f64)) -> (u64, f64) {
     let n = pb.len();
-    let (cost, noise) = pb.evaluate(pos);
+    let (cost, noise) = state;
     match kind {
         Kind::MinCost { max_noise } => {
             let slack = max_noise - noise;
             if !(slack > 0.0) {
-                return;
+                return state;
             }
-            // Per layer, the cheapest point whose extra noise fits the slack (noise falls with j, so
-            // the points that fit are the ones just below `at`).
+            // Per layer, the cheapest point whose extra noise fits the slack (noise falls along the
+            // staircase, so the points that fit are the ones just below `at`).
             let mut moves: Vec<(u64, f64, usize, usize)> = Vec::new();
             for i in 0..n {
                 let at = pos[i] as usize;
-                let here = pb.noise_at(i, at);
+                let (stair, hull) = (pb.stair[i], pb.hull[i]);
                 let mut j = at;
-                while j > 0 && pb.noise_at(i, j - 1) - here <= slack {
-                    j -= 1;
+                let below = stair & ((1u64 << at) - 1);
+                if below != 0 && hull >> at & 1 == 1 {
+                    // `at` is a hull vertex and every staircase point lies on or above the hull, so
+                    // the chord to the previous vertex bounds the extra noise of the points between
+                    // them from below: skip the layer without recomputing their noise if even the
+                    // bound exceeds the slack (with a margin far above rounding error).
+                    let prev = 63 - below.leading_zeros() as usize;
+                    let rank = pb.vertex_rank(i, at);
+                    let a = 63 - (hull & ((1u64 << at) - 1)).leading_zeros() as usize;
+                    let rise = pb.vertex_noise(i, rank - 1) - pb.vertex_noise(i, rank);
+                    let bound = rise * (at - prev) as f64 / (at - a) as f64;
+                    if bound * (1.0 - SKIP_MARGIN) > slack {
+                        continue;
+                    }
+                }
+                let mut here = None;
+                loop {
+                    let below = stair & ((1u64 << j) - 1);
+                    if below == 0 {
+                        break;
+                    }
+                    let prev = 63 - below.leading_zeros() as usize;
+                    let h = *here.get_or_insert_with(|| pb.noise(i, at));
+                    if !(pb.noise(i, prev) - h <= slack) {
+                        break;
+                    }
+                    j = prev;
                 }
                 if j < at {
-                    moves.push((
-                        pb.cost(i, at) - pb.cost(i, j),
-                        pb.noise_at(i, j) - here,
-                        i,
-                        j,
-                    ));
+                    let here = pb.noise(i, at);
+                    moves.push((pb.cost(i, at) - pb.cost(i, j), pb.noise(i, j) - here, i, j));
                 }
+            }
+            if moves.is_empty() {
+                return state;
             }
             let order = |a: &(u64, f64, usize, usize), b: &(u64, f64, usize, usize)| {
                 b.0.cmp(&a.0).then(a.2.cmp(&b.2))
@@ -437,37 +471,48 @@ fn improve(pb: &Problem, kind: Kind, pos: &mut [u8]) {
                 moves.truncate(IMPROVE_MAX_MOVES);
             }
             moves.sort_unstable_by(order);
-            let before = pos.to_vec();
+            let mut undo: Vec<(usize, u8)> = Vec::new();
             let mut left = slack;
             for (_, extra, i, j) in moves {
                 if extra <= left {
                     left -= extra;
+                    undo.push((i, pos[i]));
                     pos[i] = j as u8;
                 }
             }
-            let (_, after) = pb.evaluate(pos);
-            if !(after <= max_noise) {
-                pos.copy_from_slice(&before);
+            if undo.is_empty() {
+                return state;
             }
+            let after = pb.evaluate(pos);
+            if !(after.1 <= max_noise) {
+                for &(i, t) in &undo {
+                    pos[i] = t;
+                }
+                return state;
+            }
+            after
         }
         Kind::MinNoise { max_bits } => {
             let mut left = max_bits - cost;
+            let mut moved = false;
             for _ in 0..2 {
                 if left == 0 {
-                    return;
+                    break;
                 }
                 // Per layer, the most efficient step up that fits.
                 let mut moves: Vec<(f64, u64, usize, usize)> = Vec::new();
                 for i in 0..n {
                     let at = pos[i] as usize;
-                    let (c0, e0) = (pb.cost(i, at), pb.noise_at(i, at));
+                    let c0 = pb.cost(i, at);
+                    let mut e0 = None;
                     let mut best: Option<(f64, u64, usize)> = None;
-                    for j in at + 1..pb.points(i) {
+                    for j in bits_of(pb.stair[i] & (u64::MAX << at << 1)) {
                         let extra = pb.cost(i, j) - c0;
                         if extra > left {
                             break;
                         }
-                        let eff = (e0 - pb.noise_at(i, j)) / extra as f64;
+                        let e0 = *e0.get_or_insert_with(|| pb.noise(i, at));
+                        let eff = (e0 - pb.noise(i, j)) / extra as f64;
                         if best.is_none_or(|b| eff > b.0) {
                             best = Some((eff, extra, j));
                         }
@@ -477,7 +522,7 @@ fn improve(pb: &Problem, kind: Kind, pos: &mut [u8]) {
                     }
                 }
                 if moves.is_empty() {
-                    return;
+                    break;
                 }
                 // Only the best moves can be used before the budget runs out: keep the top few.
                 let order = |a: &(f64, u64, usize, usize), b: &(f64, u64, usize, usize)| {
@@ -492,9 +537,11 @@ fn improve(pb: &Problem, kind: Kind, pos: &mut [u8]) {
                     if extra <= left && j > pos[i] as usize {
                         left -= extra;
                         pos[i] = j as u8;
+                        moved = true;
                     }
                 }
             }
+            if moved { pb.evaluate(pos) } else { state }
         }
     }
 }
@@ -509,6 +556,9 @@ struct Dual<'a> {
     scale: f64,
 }
 
+/// A point of a core layer: `(width offset, model bits, noise)`.
+type Alternative = (usize, u64, f64);
+
 /// Reduced-cost fixing and the dynamic program on the core. Returns the positions of a proven optimum,
 /// or `None` if a size limit was hit.
 fn exact_core(
@@ -521,16 +571,16 @@ fn exact_core(
     let inc_primary = kind.primary(inc.0, inc.1);
     let tol = PRUNE_TOL * (d.scale + inc_primary.abs()) + f64::MIN_POSITIVE;
     let gap = inc_primary - d.dual + tol;
-    // Core layers and their surviving points.
-    let mut core: Vec<(usize, Vec<usize>)> = Vec::new();
+    // Core layers and their surviving points `(t, cost, noise)`.
+    let mut core: Vec<(usize, Vec<Alternative>)> = Vec::new();
     for i in 0..pb.len() {
         if pb.points(i) < 2 {
             continue;
         }
-        let survivors: Vec<usize> = (0..pb.points(i))
-            .filter(|&j| {
-                lagrangian(kind, d.lambda, pb.cost(i, j), pb.noise_at(i, j)) - d.mins[i] <= gap
-            })
+        let survivors: Vec<Alternative> = pb
+            .stair_points(i)
+            .map(|j| (j, pb.cost(i, j), pb.noise(i, j)))
+            .filter(|&(_, c, e)| lagrangian(kind, d.lambda, c, e) - d.mins[i] <= gap)
             .collect();
         if survivors.len() > 1 {
             if core.len() == EXACT_MAX_CORE_LAYERS {
@@ -554,8 +604,9 @@ fn exact_core(
     for i in (0..pb.len()).filter(|&i| !in_core[i]) {
         let j = incumbent[i] as usize;
         base_cost += pb.cost(i, j);
-        base_noise += pb.noise_at(i, j);
-        base_lag += lagrangian(kind, d.lambda, pb.cost(i, j), pb.noise_at(i, j));
+        let e = pb.noise(i, j);
+        base_noise += e;
+        base_lag += lagrangian(kind, d.lambda, pb.cost(i, j), e);
     }
     // Suffix sums over the core: Lagrangian minima, least cost, least noise.
     let k = core.len();
@@ -565,12 +616,8 @@ fn exact_core(
     for t in (0..k).rev() {
         let (i, ref alts) = core[t];
         suf_min[t] = suf_min[t + 1] + d.mins[i];
-        suf_cost[t] = suf_cost[t + 1] + alts.iter().map(|&j| pb.cost(i, j)).min().unwrap_or(0);
-        suf_noise[t] = suf_noise[t + 1]
-            + alts
-                .iter()
-                .map(|&j| pb.noise_at(i, j))
-                .fold(f64::INFINITY, f64::min);
+        suf_cost[t] = suf_cost[t + 1] + alts.iter().map(|a| a.1).min().unwrap_or(0);
+        suf_noise[t] = suf_noise[t + 1] + alts.iter().map(|a| a.2).fold(f64::INFINITY, f64::min);
     }
     let cap = kind.cap();
     let noise_slack = match kind {
@@ -588,11 +635,11 @@ fn exact_core(
     let mut stored = 0usize;
     let mut cand: Vec<(u64, f64, u32, u8)> = Vec::new();
     for t in 0..k {
-        let (i, ref alts) = core[t];
+        let (_, ref alts) = core[t];
         cand.clear();
         for (s, &(c, e)) in states.iter().enumerate() {
-            for &j in alts {
-                let (c2, e2) = (c + pb.cost(i, j), e + pb.noise_at(i, j));
+            for &(j, cj, ej) in alts {
+                let (c2, e2) = (c + cj, e + ej);
                 let total_cost = base_cost + c2;
                 if total_cost.saturating_add(suf_cost[t + 1]) > cost_cap
                     || base_noise + e2 + suf_noise[t + 1] > noise_slack

@@ -48,9 +48,14 @@
 //! [`EXACT_MAX_STATES`] states. [`Solver::Hull`] always stops after step 3.
 //!
 //! # Complexity
-//! With `n` layers and `w` widths each (`w <= 64`): steps 1-4 take `O(n w)` time (expected; the
-//! selection is linear) and `O(n w)` memory; step 5 takes `O(k S w log(S w))` for a core of `k` layers and
-//! at most `S` states per stage, bounded by the limits above. Measured times are in `docs/alloc.md`.
+//! With `n` layers and `w` widths each (`w <= 64`): steps 1-4 take `O(n w)` time (one pass over the
+//! curves, then a constant number of passes over the hull increments; the selection is linear) and
+//! `O(n + h)` memory for `h <= n w` hull vertices: two 64-bit masks and one offset per layer, one `f64`
+//! noise per hull vertex, one `u32` key and one `f32` weight per hull increment. Noise powers of
+//! staircase points off the hull are recomputed when needed rather than stored. These arrays are kept
+//! for the next solve on the same thread when they total at most 64 MiB (fresh memory costs a page
+//! fault per 4 KiB on first touch). Step 5 takes `O(k S w log(S w))` for a core of `k` layers and at
+//! most `S` states per stage, bounded by the limits above. Measured times are in `docs/alloc.md`.
 //!
 //! # Ties
 //! When several allocations reach the optimal objective, the one returned is a deterministic function of

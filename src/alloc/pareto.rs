@@ -55,14 +55,20 @@ pub fn pareto_front(layers: &[LayerSpec]) -> Result<Vec<Allocation>> {
     let mut stages: Vec<(usize, Vec<u32>, Vec<u8>)> = Vec::new();
     let mut stored = 0usize;
     let mut cand: Vec<(u64, f64, u32, u8)> = Vec::new();
+    let mut points: Vec<(u64, f64, u8)> = Vec::new();
     for i in 0..pb.len() {
         if pb.points(i) == 1 {
             continue;
         }
+        points.clear();
+        points.extend(
+            pb.stair_points(i)
+                .map(|j| (pb.cost(i, j), pb.noise(i, j), j as u8)),
+        );
         cand.clear();
         for (s, &(c, e)) in states.iter().enumerate() {
-            for j in 0..pb.points(i) {
-                cand.push((c + pb.cost(i, j), e + pb.noise_at(i, j), s as u32, j as u8));
+            for &(cj, ej, j) in &points {
+                cand.push((c + cj, e + ej, s as u32, j));
             }
         }
         cand.sort_unstable_by(|a, b| {
@@ -99,15 +105,16 @@ pub fn pareto_front(layers: &[LayerSpec]) -> Result<Vec<Allocation>> {
     }
     let mut front = Vec::with_capacity(states.len());
     for mut s in 0..states.len() {
-        let mut pos = vec![0u8; pb.len()];
+        let mut pos = pb.first_positions();
         for (i, parent, choice) in stages.iter().rev() {
             pos[*i] = choice[s];
             s = parent[s] as usize;
         }
+        let (widths, noises) = pb.widths_noises(&pos);
         front.push(assemble(
             &spans,
-            pb.widths(&pos),
-            pb.noises(&pos),
+            widths,
+            noises,
             Solver::Exact,
             Some(GapBound::SqnrDb(0.0)),
         ));
