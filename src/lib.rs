@@ -19,7 +19,21 @@
 //! * [`dist`] — density families, fitting, streaming accumulators.
 //! * [`fixed`] — [`QFormat`], rounding, [`Quantizer`], [`QTensor`].
 //! * [`sqnr`] — measure, predict, aggregate.
-//! * [`kernels`] — integer kernels: [`Conv2d`], [`Dense`], pooling, residual add (x86-64 SIMD).
+//! * [`alloc`] — [`allocate_bits`]: exact bit allocation for an SQNR target or a size budget (Eq. 11).
+//! * [`kernels`] — integer kernels: [`kernels::Conv2d`], [`kernels::Dense`], pooling, residual add,
+//!   with x86-64 SIMD paths bit-exact to a scalar reference.
+//! * [`graph`], [`exec`], `onnx` — ONNX import ([`Graph::from_onnx_file`]), the float reference
+//!   executor and the fixed-point network ([`exec::FixedNetwork`]).
+//! * [`calib`], [`plan`], [`eval`], [`pack`] — calibration, the [`plan::QuantPlan`], measurement on
+//!   real data, and bit-packed weight files.
+//! * [`io`] — IDX, `.npy` and `.safetensors` readers.
+//!
+//! # Features
+//! * `onnx` (default) — ONNX import, with a hand-written protobuf reader (no `protoc`).
+//! * `gzip` (default) — gzip-compressed IDX files.
+//! * `serde` — JSON for plans and formats.
+//! * `rayon` — multi-threaded kernels.
+//! * `proptest` — `testing`: strategies and invariants for downstream property tests.
 //!
 //! See `docs/design.md` for the map of modules and data flow.
 #![deny(missing_docs)]

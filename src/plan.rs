@@ -659,9 +659,10 @@ pub fn noise_gains(
                 let mut failure = None;
                 let out = exec.run_with_mut(probe.view(), |name, _, act| {
                     if name == tensor
-                        && let Err(e) = inject(act.view_mut(), &mut rng, true) {
-                            failure = Some(e);
-                        }
+                        && let Err(e) = inject(act.view_mut(), &mut rng, true)
+                    {
+                        failure = Some(e);
+                    }
                 })?;
                 if let Some(e) = failure {
                     return Err(e);

@@ -11,7 +11,9 @@ use fixq::plan::{self, Granularity, PlanConfig};
 use fixq::{Budget, Graph, Grid, pack};
 
 fn shared(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared").join(rel);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(rel);
     assert!(
         p.exists(),
         "{} is missing: these tests need the shared LeNet-5 model and MNIST data at ../shared beside the crate",
@@ -61,19 +63,43 @@ fn per_channel(budget: f64, gains: &plan::NoiseGains) -> PlanConfig {
 fn lenet_fixed_point_end_to_end() {
     let s = setup();
     // Float LeNet-5 on the first 1,000 MNIST test images.
-    assert!(s.reference.accuracy > 0.98, "float accuracy {}", s.reference.accuracy);
+    assert!(
+        s.reference.accuracy > 0.98,
+        "float accuracy {}",
+        s.reference.accuracy
+    );
 
     // Equal 8-bit weights lose nothing measurable; 1-bit two's complement weights destroy the network.
-    let e8 = eval::evaluate(&s.graph, &plan::plan(&s.graph, &s.cal, &PlanConfig::equal(8)).unwrap(), &s.test, &s.reference, 250).unwrap();
-    assert!((e8.accuracy - s.reference.accuracy).abs() <= 0.003, "8-bit {}", e8.accuracy);
-    assert!(e8.measured_output_sqnr_db > 30.0, "8-bit output SQNR {}", e8.measured_output_sqnr_db);
+    let e8 = eval::evaluate(
+        &s.graph,
+        &plan::plan(&s.graph, &s.cal, &PlanConfig::equal(8)).unwrap(),
+        &s.test,
+        &s.reference,
+        250,
+    )
+    .unwrap();
+    assert!(
+        (e8.accuracy - s.reference.accuracy).abs() <= 0.003,
+        "8-bit {}",
+        e8.accuracy
+    );
+    assert!(
+        e8.measured_output_sqnr_db > 30.0,
+        "8-bit output SQNR {}",
+        e8.measured_output_sqnr_db
+    );
 
     // fixq, per channel, mid-rise weights at 2.5 bits per weight on average: accuracy within 0.5 points
     // of float, and Eq. 9 with measured noise gains within 5 dB of the measured output SQNR.
     let p = plan::plan(&s.graph, &s.cal, &per_channel(2.5, &s.gains)).unwrap();
     assert!(p.avg_bits_per_param() <= 2.5 + 1e-9);
     let e = eval::evaluate(&s.graph, &p, &s.test, &s.reference, 250).unwrap();
-    assert!(e.accuracy >= s.reference.accuracy - 0.005, "fixq 2.5 bits: {} vs float {}", e.accuracy, s.reference.accuracy);
+    assert!(
+        e.accuracy >= s.reference.accuracy - 0.005,
+        "fixq 2.5 bits: {} vs float {}",
+        e.accuracy,
+        s.reference.accuracy
+    );
     assert!(
         (e.predicted_output_sqnr_db - e.measured_output_sqnr_db).abs() < 5.0,
         "predicted {} measured {}",
@@ -81,28 +107,55 @@ fn lenet_fixed_point_end_to_end() {
         e.measured_output_sqnr_db
     );
     // Per-tensor measured SQNR next to predictions: every activation point is reported.
-    assert_eq!(e.tensors.iter().filter(|t| t.kind == "activation").count(), 5);
+    assert_eq!(
+        e.tensors.iter().filter(|t| t.kind == "activation").count(),
+        5
+    );
     assert!(e.tensors.iter().all(|t| t.measured_db.is_finite()));
 
     // The paper's method at a similar size does worse than fixq's.
-    let paper = plan::plan(&s.graph, &s.cal, &PlanConfig::paper(Budget::AvgBitsPerParam(2.5))).unwrap();
+    let paper = plan::plan(
+        &s.graph,
+        &s.cal,
+        &PlanConfig::paper(Budget::AvgBitsPerParam(2.5)),
+    )
+    .unwrap();
     let ep = eval::evaluate(&s.graph, &paper, &s.test, &s.reference, 250).unwrap();
     assert!(ep.model_bits <= p.model_bits() + p.weight_params());
-    assert!(ep.accuracy < e.accuracy, "paper {} vs fixq {}", ep.accuracy, e.accuracy);
+    assert!(
+        ep.accuracy < e.accuracy,
+        "paper {} vs fixq {}",
+        ep.accuracy,
+        e.accuracy
+    );
 
     // Packed weights: the payload is exactly the model size, and they read back to the same outputs.
     let net = FixedNetwork::new(&s.graph, &p).unwrap();
     let bytes = pack::to_bytes(net.weights()).unwrap();
     assert_eq!(pack::payload_bits(net.weights()), p.model_bits());
-    assert!((bytes.len() as u64) < p.model_bits().div_ceil(8) + 4096, "header too large");
-    let back = FixedNetwork::with_options(&s.graph, &p, Some(pack::from_bytes(&bytes).unwrap()), KernelChoice::Auto).unwrap();
-    let x = s.test.images.slice(ndarray::s![..64, .., .., ..]).into_dyn();
+    assert!(
+        (bytes.len() as u64) < p.model_bits().div_ceil(8) + 4096,
+        "header too large"
+    );
+    let back = FixedNetwork::with_options(
+        &s.graph,
+        &p,
+        Some(pack::from_bytes(&bytes).unwrap()),
+        KernelChoice::Auto,
+    )
+    .unwrap();
+    let x = s
+        .test
+        .images
+        .slice(ndarray::s![..64, .., .., ..])
+        .into_dyn();
     let y = net.run(x.view()).unwrap();
     assert_eq!(y, back.run(x.view()).unwrap());
 
     // Determinism across runs and across the SIMD and scalar reference kernels.
     assert_eq!(y, net.run(x.view()).unwrap());
-    let reference_kernels = FixedNetwork::with_options(&s.graph, &p, None, KernelChoice::Reference).unwrap();
+    let reference_kernels =
+        FixedNetwork::with_options(&s.graph, &p, None, KernelChoice::Reference).unwrap();
     assert_eq!(y, reference_kernels.run(x.view()).unwrap());
     let again = plan::plan(&s.graph, &s.cal, &per_channel(2.5, &s.gains)).unwrap();
     assert_eq!(again, p);
@@ -114,7 +167,14 @@ fn fixq_beats_equal_widths_at_the_same_accuracy() {
     // Smallest equal width that keeps accuracy within 0.3 points of float, then fixq at 30 % fewer bits.
     let mut equal_bits = None;
     for b in 2..=8 {
-        let e = eval::evaluate(&s.graph, &plan::plan(&s.graph, &s.cal, &PlanConfig::equal(b)).unwrap(), &s.test, &s.reference, 250).unwrap();
+        let e = eval::evaluate(
+            &s.graph,
+            &plan::plan(&s.graph, &s.cal, &PlanConfig::equal(b)).unwrap(),
+            &s.test,
+            &s.reference,
+            250,
+        )
+        .unwrap();
         if e.accuracy >= s.reference.accuracy - 0.003 {
             equal_bits = Some((b, e.accuracy));
             break;
@@ -125,7 +185,11 @@ fn fixq_beats_equal_widths_at_the_same_accuracy() {
     let p = plan::plan(&s.graph, &s.cal, &per_channel(target, &s.gains)).unwrap();
     let e = eval::evaluate(&s.graph, &p, &s.test, &s.reference, 250).unwrap();
     assert!(p.avg_bits_per_param() <= target + 1e-9);
-    assert!(e.accuracy >= acc - 0.003, "fixq at {target} bits: {} vs equal {b} bits: {acc}", e.accuracy);
+    assert!(
+        e.accuracy >= acc - 0.003,
+        "fixq at {target} bits: {} vs equal {b} bits: {acc}",
+        e.accuracy
+    );
 }
 
 #[cfg(feature = "serde")]
