@@ -227,6 +227,8 @@ pub struct FixedNetwork {
     input_format: QFormat,
     input_name: String,
     steps: Vec<Prepared>,
+    /// For each value slot, the last step that reads it (slots are moved, not copied, into it).
+    last_use: Vec<Option<usize>>,
     output_slot: usize,
     weights: Vec<WeightCodes>,
     kernels: Vec<(String, KernelId)>,
@@ -525,10 +527,18 @@ impl FixedNetwork {
                 name: "graph",
                 reason: "the output is not produced by a node".into(),
             })?;
+        let mut last_use = vec![None; steps.len() + 1];
+        for (k, p) in steps.iter().enumerate() {
+            for &i in &p.inputs {
+                last_use[i] = Some(k);
+            }
+        }
+        last_use[output_slot] = None;
         Ok(Self {
             input_format,
             input_name,
             steps,
+            last_use,
             output_slot,
             weights: weight_codes,
             kernels,
@@ -581,20 +591,32 @@ impl FixedNetwork {
         slots[0] = Some(x);
         let mut scratch = Scratch::new();
         for (k, p) in self.steps.iter().enumerate() {
-            let arg = |s: usize| {
-                slots[s].as_ref().ok_or_else(|| Error::InvalidArgument {
-                    name: "network",
-                    reason: format!("step '{}' reads a tensor that was not computed", p.name),
-                })
+            let missing = || Error::InvalidArgument {
+                name: "network",
+                reason: format!("step '{}' reads a tensor that was not computed", p.name),
             };
-            let a = arg(p.inputs[0])?;
-            let out = match &p.step {
-                Step::Conv(c) => run_conv(c, a, &mut scratch)?,
-                Step::Dense(d, out_features, of) => {
-                    run_dense(d, *out_features, *of, a, &mut scratch)?
+            let s0 = p.inputs[0];
+            // Steps that consume their input take it when they are its last reader.
+            let owned = |slots: &mut Vec<Option<Act>>| -> Result<Act> {
+                if self.last_use[s0] == Some(k) {
+                    slots[s0].take().ok_or_else(missing)
+                } else {
+                    slots[s0].clone().ok_or_else(missing)
                 }
+            };
+            let out = match &p.step {
+                Step::Conv(c) => {
+                    run_conv(c, slots[s0].as_ref().ok_or_else(missing)?, &mut scratch)?
+                }
+                Step::Dense(d, out_features, of) => run_dense(
+                    d,
+                    *out_features,
+                    *of,
+                    slots[s0].as_ref().ok_or_else(missing)?,
+                    &mut scratch,
+                )?,
                 Step::MaxPool(pp) => map4(
-                    a,
+                    owned(&mut slots)?,
                     |t| max_pool2d(&t, *pp),
                     |t| max_pool2d(&t, *pp),
                     |t| max_pool2d(&t, *pp),
@@ -603,110 +625,118 @@ impl FixedNetwork {
                     pool,
                     count_include_pad,
                     out,
-                } => pool_any(a, *out, |x, o| match (x, kind_of(o.format)?) {
-                    (PoolIn::U8(t), Kind::U8) => Ok(Act::U8(
-                        avg_pool2d::<u8, u8>(&t, *pool, *count_include_pad, o)?
-                            .into_codes()
-                            .into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::U8(t), Kind::I8) => Ok(Act::I8(
-                        avg_pool2d::<u8, i8>(&t, *pool, *count_include_pad, o)?
-                            .into_codes()
-                            .into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::U8(t), Kind::I16) => Ok(Act::I16(
-                        avg_pool2d::<u8, i16>(&t, *pool, *count_include_pad, o)?
-                            .into_codes()
-                            .into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::I8(t), Kind::U8) => Ok(Act::U8(
-                        avg_pool2d::<i8, u8>(&t, *pool, *count_include_pad, o)?
-                            .into_codes()
-                            .into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::I8(t), Kind::I8) => Ok(Act::I8(
-                        avg_pool2d::<i8, i8>(&t, *pool, *count_include_pad, o)?
-                            .into_codes()
-                            .into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::I8(t), Kind::I16) => Ok(Act::I16(
-                        avg_pool2d::<i8, i16>(&t, *pool, *count_include_pad, o)?
-                            .into_codes()
-                            .into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::I16(t), Kind::U8) => Ok(Act::U8(
-                        avg_pool2d::<i16, u8>(&t, *pool, *count_include_pad, o)?
-                            .into_codes()
-                            .into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::I16(t), Kind::I8) => Ok(Act::I8(
-                        avg_pool2d::<i16, i8>(&t, *pool, *count_include_pad, o)?
-                            .into_codes()
-                            .into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::I16(t), Kind::I16) => Ok(Act::I16(
-                        avg_pool2d::<i16, i16>(&t, *pool, *count_include_pad, o)?
-                            .into_codes()
-                            .into_dyn(),
-                        o.format,
-                    )),
+                } => pool_any(owned(&mut slots)?, *out, |x, o| {
+                    match (x, kind_of(o.format)?) {
+                        (PoolIn::U8(t), Kind::U8) => Ok(Act::U8(
+                            avg_pool2d::<u8, u8>(&t, *pool, *count_include_pad, o)?
+                                .into_codes()
+                                .into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::U8(t), Kind::I8) => Ok(Act::I8(
+                            avg_pool2d::<u8, i8>(&t, *pool, *count_include_pad, o)?
+                                .into_codes()
+                                .into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::U8(t), Kind::I16) => Ok(Act::I16(
+                            avg_pool2d::<u8, i16>(&t, *pool, *count_include_pad, o)?
+                                .into_codes()
+                                .into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::I8(t), Kind::U8) => Ok(Act::U8(
+                            avg_pool2d::<i8, u8>(&t, *pool, *count_include_pad, o)?
+                                .into_codes()
+                                .into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::I8(t), Kind::I8) => Ok(Act::I8(
+                            avg_pool2d::<i8, i8>(&t, *pool, *count_include_pad, o)?
+                                .into_codes()
+                                .into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::I8(t), Kind::I16) => Ok(Act::I16(
+                            avg_pool2d::<i8, i16>(&t, *pool, *count_include_pad, o)?
+                                .into_codes()
+                                .into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::I16(t), Kind::U8) => Ok(Act::U8(
+                            avg_pool2d::<i16, u8>(&t, *pool, *count_include_pad, o)?
+                                .into_codes()
+                                .into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::I16(t), Kind::I8) => Ok(Act::I8(
+                            avg_pool2d::<i16, i8>(&t, *pool, *count_include_pad, o)?
+                                .into_codes()
+                                .into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::I16(t), Kind::I16) => Ok(Act::I16(
+                            avg_pool2d::<i16, i16>(&t, *pool, *count_include_pad, o)?
+                                .into_codes()
+                                .into_dyn(),
+                            o.format,
+                        )),
+                    }
                 })?,
-                Step::GlobalAvgPool(o) => pool_any(a, *o, |x, o| match (x, kind_of(o.format)?) {
-                    (PoolIn::U8(t), Kind::U8) => Ok(Act::U8(
-                        global_avg_pool::<u8, u8>(&t, o)?.into_codes().into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::U8(t), Kind::I8) => Ok(Act::I8(
-                        global_avg_pool::<u8, i8>(&t, o)?.into_codes().into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::U8(t), Kind::I16) => Ok(Act::I16(
-                        global_avg_pool::<u8, i16>(&t, o)?.into_codes().into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::I8(t), Kind::U8) => Ok(Act::U8(
-                        global_avg_pool::<i8, u8>(&t, o)?.into_codes().into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::I8(t), Kind::I8) => Ok(Act::I8(
-                        global_avg_pool::<i8, i8>(&t, o)?.into_codes().into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::I8(t), Kind::I16) => Ok(Act::I16(
-                        global_avg_pool::<i8, i16>(&t, o)?.into_codes().into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::I16(t), Kind::U8) => Ok(Act::U8(
-                        global_avg_pool::<i16, u8>(&t, o)?.into_codes().into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::I16(t), Kind::I8) => Ok(Act::I8(
-                        global_avg_pool::<i16, i8>(&t, o)?.into_codes().into_dyn(),
-                        o.format,
-                    )),
-                    (PoolIn::I16(t), Kind::I16) => Ok(Act::I16(
-                        global_avg_pool::<i16, i16>(&t, o)?.into_codes().into_dyn(),
-                        o.format,
-                    )),
+                Step::GlobalAvgPool(o) => pool_any(owned(&mut slots)?, *o, |x, o| {
+                    match (x, kind_of(o.format)?) {
+                        (PoolIn::U8(t), Kind::U8) => Ok(Act::U8(
+                            global_avg_pool::<u8, u8>(&t, o)?.into_codes().into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::U8(t), Kind::I8) => Ok(Act::I8(
+                            global_avg_pool::<u8, i8>(&t, o)?.into_codes().into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::U8(t), Kind::I16) => Ok(Act::I16(
+                            global_avg_pool::<u8, i16>(&t, o)?.into_codes().into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::I8(t), Kind::U8) => Ok(Act::U8(
+                            global_avg_pool::<i8, u8>(&t, o)?.into_codes().into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::I8(t), Kind::I8) => Ok(Act::I8(
+                            global_avg_pool::<i8, i8>(&t, o)?.into_codes().into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::I8(t), Kind::I16) => Ok(Act::I16(
+                            global_avg_pool::<i8, i16>(&t, o)?.into_codes().into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::I16(t), Kind::U8) => Ok(Act::U8(
+                            global_avg_pool::<i16, u8>(&t, o)?.into_codes().into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::I16(t), Kind::I8) => Ok(Act::I8(
+                            global_avg_pool::<i16, i8>(&t, o)?.into_codes().into_dyn(),
+                            o.format,
+                        )),
+                        (PoolIn::I16(t), Kind::I16) => Ok(Act::I16(
+                            global_avg_pool::<i16, i16>(&t, o)?.into_codes().into_dyn(),
+                            o.format,
+                        )),
+                    }
                 })?,
-                Step::Requantize(o) => requantize(a, *o)?,
+                Step::Requantize(o) => requantize(slots[s0].as_ref().ok_or_else(missing)?, *o)?,
                 Step::Add(o) => {
-                    let b = arg(p.inputs.get(1).copied().unwrap_or(0))?;
+                    let a = slots[s0].as_ref().ok_or_else(missing)?;
+                    let b = slots[p.inputs.get(1).copied().unwrap_or(0)]
+                        .as_ref()
+                        .ok_or_else(missing)?;
                     add_any(a, b, *o)?
                 }
                 Step::Reshape(node) => {
+                    let a = owned(&mut slots)?;
                     let shape = crate::graph::shape::infer(node, &[a.shape()])?;
-                    a.clone().reshape(&shape)?
+                    a.reshape(&shape)?
                 }
-                Step::Identity => a.clone(),
+                Step::Identity => owned(&mut slots)?,
             };
             if p.observed {
                 observer(&p.output, &out.dequantize().view());
@@ -856,33 +886,33 @@ enum PoolIn {
     I16(QTensor<i16, Ix4>),
 }
 
-fn to_q4<T: Storage>(a: &ArrayD<T>, f: QFormat) -> Result<QTensor<T, Ix4>> {
-    QTensor::from_codes(a.clone().into_dimensionality::<Ix4>()?, f)
+fn to_q4<T: Storage>(a: ArrayD<T>, f: QFormat) -> Result<QTensor<T, Ix4>> {
+    QTensor::from_codes(a.into_dimensionality::<Ix4>()?, f)
 }
 
 fn pool_any(
-    a: &Act,
+    a: Act,
     o: OutputStage,
     f: impl FnOnce(PoolIn, OutputStage) -> Result<Act>,
 ) -> Result<Act> {
     let x = match a {
-        Act::U8(c, fm) => PoolIn::U8(to_q4(c, *fm)?),
-        Act::I8(c, fm) => PoolIn::I8(to_q4(c, *fm)?),
-        Act::I16(c, fm) => PoolIn::I16(to_q4(c, *fm)?),
+        Act::U8(c, fm) => PoolIn::U8(to_q4(c, fm)?),
+        Act::I8(c, fm) => PoolIn::I8(to_q4(c, fm)?),
+        Act::I16(c, fm) => PoolIn::I16(to_q4(c, fm)?),
     };
     f(x, o)
 }
 
 fn map4(
-    a: &Act,
+    a: Act,
     u: impl FnOnce(QTensor<u8, Ix4>) -> Result<QTensor<u8, Ix4>>,
     i: impl FnOnce(QTensor<i8, Ix4>) -> Result<QTensor<i8, Ix4>>,
     w: impl FnOnce(QTensor<i16, Ix4>) -> Result<QTensor<i16, Ix4>>,
 ) -> Result<Act> {
     Ok(match a {
-        Act::U8(c, f) => Act::U8(u(to_q4(c, *f)?)?.into_codes().into_dyn(), *f),
-        Act::I8(c, f) => Act::I8(i(to_q4(c, *f)?)?.into_codes().into_dyn(), *f),
-        Act::I16(c, f) => Act::I16(w(to_q4(c, *f)?)?.into_codes().into_dyn(), *f),
+        Act::U8(c, f) => Act::U8(u(to_q4(c, f)?)?.into_codes().into_dyn(), f),
+        Act::I8(c, f) => Act::I8(i(to_q4(c, f)?)?.into_codes().into_dyn(), f),
+        Act::I16(c, f) => Act::I16(w(to_q4(c, f)?)?.into_codes().into_dyn(), f),
     })
 }
 
