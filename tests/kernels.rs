@@ -569,8 +569,10 @@ fn isa_paths_ran() {
     }
     #[cfg(target_arch = "x86_64")]
     {
-        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
         assert_eq!(KernelId::Avx2I16I16.is_supported(), avx2);
+        assert_eq!(KernelId::Avx2U8I8.is_supported(), avx2);
         let vnni = std::arch::is_x86_feature_detected!("avx512vnni")
             && std::arch::is_x86_feature_detected!("avx512bw");
         assert_eq!(KernelId::Avx512VnniU8I8.is_supported(), vnni);
@@ -588,7 +590,7 @@ fn isa_paths_ran() {
         let expect = if vnni {
             KernelId::Avx512VnniU8I8
         } else if avx2 {
-            KernelId::Avx2I16I16
+            KernelId::Avx2U8I8
         } else {
             KernelId::PortableU8I8
         };

@@ -7,7 +7,7 @@ use ndarray::{Array4, ArrayView4, ArrayViewMut4, Ix1, Ix4, RemoveAxis};
 use super::packed::{CallDims, Geom, Layout, MicroKernel, PackX, Packed, TileGeo, Unit};
 use super::portable::{PortableI16, PortableU8};
 #[cfg(target_arch = "x86_64")]
-use super::x86_64::{Avx2I16, Avx512VnniI16, Avx512VnniU8};
+use super::x86_64::{Avx2I8, Avx2I16, Avx512VnniI16, Avx512VnniU8};
 use super::{
     Activation8or16, KernelChoice, KernelId, OutputStage, Requant, Scratch, WeightStorage,
     check_input_format, max_abs_code, reference,
@@ -73,6 +73,8 @@ enum Engine {
     PortableI16(Packed<PortableI16>),
     #[cfg(target_arch = "x86_64")]
     Avx2(Packed<Avx2I16>),
+    #[cfg(target_arch = "x86_64")]
+    Avx2U8(Packed<Avx2I8>),
     #[cfg(target_arch = "x86_64")]
     VnniU8(Packed<Avx512VnniU8>),
     #[cfg(target_arch = "x86_64")]
@@ -277,6 +279,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
             KernelChoice::Auto => [
                 KernelId::Avx512VnniU8I8,
                 KernelId::Avx512VnniI16I16,
+                KernelId::Avx2U8I8,
                 KernelId::Avx2I16I16,
                 KernelId::PortableU8I8,
                 KernelId::PortableI16I16,
@@ -285,7 +288,9 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
             .find(|id| {
                 id.is_supported()
                     && match id {
-                        KernelId::Avx512VnniU8I8 | KernelId::PortableU8I8 => ok8,
+                        KernelId::Avx512VnniU8I8 | KernelId::Avx2U8I8 | KernelId::PortableU8I8 => {
+                            ok8
+                        }
                         _ => ok16,
                     }
             })
@@ -301,7 +306,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         };
         let needs = match want {
             KernelId::Reference => true,
-            KernelId::PortableU8I8 | KernelId::Avx512VnniU8I8 => ok8,
+            KernelId::PortableU8I8 | KernelId::Avx512VnniU8I8 | KernelId::Avx2U8I8 => ok8,
             _ => ok16,
         };
         if !needs {
@@ -325,6 +330,11 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
             #[cfg(target_arch = "x86_64")]
             KernelId::Avx2I16I16 => match Avx2I16::new() {
                 Some(k) => Engine::Avx2(Packed::new::<A>(k, g, &w, &bias)),
+                None => return unfit("this CPU lacks AVX2"),
+            },
+            #[cfg(target_arch = "x86_64")]
+            KernelId::Avx2U8I8 => match Avx2I8::new() {
+                Some(k) => Engine::Avx2U8(Packed::new::<A>(k, g, &w, &bias)),
                 None => return unfit("this CPU lacks AVX2"),
             },
             #[cfg(target_arch = "x86_64")]
@@ -362,6 +372,8 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
             Engine::PortableI16(_) => KernelId::PortableI16I16,
             #[cfg(target_arch = "x86_64")]
             Engine::Avx2(_) => KernelId::Avx2I16I16,
+            #[cfg(target_arch = "x86_64")]
+            Engine::Avx2U8(_) => KernelId::Avx2U8I8,
             #[cfg(target_arch = "x86_64")]
             Engine::VnniU8(_) => KernelId::Avx512VnniU8I8,
             #[cfg(target_arch = "x86_64")]
@@ -501,6 +513,8 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
             Engine::PortableI16(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
             #[cfg(target_arch = "x86_64")]
             Engine::Avx2(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
+            #[cfg(target_arch = "x86_64")]
+            Engine::Avx2U8(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
             #[cfg(target_arch = "x86_64")]
             Engine::VnniU8(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
             #[cfg(target_arch = "x86_64")]

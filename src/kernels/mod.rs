@@ -34,6 +34,7 @@
 //! | `reference-i64` | any | scalar | all, i64 accumulator |
 //! | `portable-u8i8i32` | any | scalar, packed like VNNI | u8/i8 × i8 (≤ 8-bit weights) |
 //! | `portable-i16i16i32` | any | scalar, packed like `vpmaddwd` | all |
+//! | `x86_64-u8i8i32-avx2` | AVX2 | `vpmovsxbw` + `vpmaddwd` + `vpaddd` | u8/i8 × i8 (≤ 8-bit weights) |
 //! | `x86_64-i16i16i32-avx2` | AVX2 | `vpmaddwd` + `vpaddd` | all (u8/i8 widened to i16) |
 //! | `x86_64-u8i8i32-avx512vnni` | AVX-512 VNNI | `vpdpbusd` | u8/i8 × i8 (≤ 8-bit weights) |
 //! | `x86_64-i16i16i32-avx512vnni` | AVX-512 VNNI | `vpdpwssd` | all |
@@ -154,6 +155,9 @@ pub enum KernelId {
     PortableI16I16,
     /// AVX2 `vpmaddwd`, 8 output channels × 2 inputs per ymm, 6 pixels × 16 channels per tile.
     Avx2I16I16,
+    /// AVX2 for u8/i8 activations × i8 weights: weights kept as i8 and sign-extended on load
+    /// (`vpmovsxbw`), activations widened to i16 when packed, then `vpmaddwd` as [`KernelId::Avx2I16I16`].
+    Avx2U8I8,
     /// AVX-512 VNNI `vpdpbusd`, 16 output channels × 4 inputs per zmm, 12 pixels × 32 channels.
     Avx512VnniU8I8,
     /// AVX-512 VNNI `vpdpwssd`, 16 output channels × 2 inputs per zmm, 12 pixels × 32 channels.
@@ -162,11 +166,12 @@ pub enum KernelId {
 
 impl KernelId {
     /// Every kernel, reference first.
-    pub const ALL: [KernelId; 6] = [
+    pub const ALL: [KernelId; 7] = [
         KernelId::Reference,
         KernelId::PortableU8I8,
         KernelId::PortableI16I16,
         KernelId::Avx2I16I16,
+        KernelId::Avx2U8I8,
         KernelId::Avx512VnniU8I8,
         KernelId::Avx512VnniI16I16,
     ];
@@ -178,6 +183,7 @@ impl KernelId {
             KernelId::PortableU8I8 => "portable-u8i8i32",
             KernelId::PortableI16I16 => "portable-i16i16i32",
             KernelId::Avx2I16I16 => "x86_64-i16i16i32-avx2",
+            KernelId::Avx2U8I8 => "x86_64-u8i8i32-avx2",
             KernelId::Avx512VnniU8I8 => "x86_64-u8i8i32-avx512vnni",
             KernelId::Avx512VnniI16I16 => "x86_64-i16i16i32-avx512vnni",
         }
@@ -189,6 +195,8 @@ impl KernelId {
             KernelId::Reference | KernelId::PortableU8I8 | KernelId::PortableI16I16 => true,
             #[cfg(target_arch = "x86_64")]
             KernelId::Avx2I16I16 => x86_64::Avx2I16::new().is_some(),
+            #[cfg(target_arch = "x86_64")]
+            KernelId::Avx2U8I8 => x86_64::Avx2I8::new().is_some(),
             #[cfg(target_arch = "x86_64")]
             KernelId::Avx512VnniU8I8 => x86_64::Avx512VnniU8::new().is_some(),
             #[cfg(target_arch = "x86_64")]

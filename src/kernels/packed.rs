@@ -88,7 +88,8 @@ pub(crate) trait MicroKernel: Copy + Send + Sync + 'static {
     fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
         f()
     }
-    /// `offs.len() == MR`; `w` holds one block; `acc.len() >= MR·NR`. Implementations check bounds.
+    /// `offs.len()` = m ∈ 1..=MR pixels; `w` holds one block; `acc.len() >= MR·NR`; fills
+    /// `acc[p·NR + c]` for p < m. Implementations check bounds.
     fn tile(
         &self,
         x: &[Self::X],
@@ -351,13 +352,13 @@ impl<K: MicroKernel> Packed<K> {
             let mut j = unit.j0;
             while j < unit.j1 {
                 let m = K::MR.min(unit.j1 - j);
-                for (p, o) in offs.iter_mut().take(K::MR).enumerate() {
-                    let jj = j + p.min(m - 1);
+                for (p, o) in offs.iter_mut().take(m).enumerate() {
+                    let jj = j + p;
                     let (oy, ox) = (jj / d.ow, jj % d.ow);
                     *o = ((unit.n * hp + oy * g.stride[0]) * wp + ox * g.stride[1]) * cp
                         + gi * self.cg_pad;
                 }
-                self.k.tile(xbuf, &offs[..K::MR], wblk, geo, &mut acc);
+                self.k.tile(xbuf, &offs[..m], wblk, geo, &mut acc);
                 for p in 0..m {
                     let jj = j + p;
                     let ys = &mut ys[..nr_valid];
