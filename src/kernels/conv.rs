@@ -608,13 +608,20 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         let res = p.kernel().in_context(
             #[inline(always)]
             || {
-                p.pack_input(g, x, d, layout, range, &mut buf)?;
+                check_range(x, range)?;
                 let chunks = p.fill_taps(g, d.w, &mut taps);
                 let geo = TileGeo {
                     taps: &taps,
                     chunks,
                 };
-                self.drive(p, &geo, &buf, d, layout, out);
+                // One image at a time: its padded copy stays in cache while the tiles read it.
+                let one = CallDims { n: 1, ..*d };
+                let per_in = g.c_in * d.h * d.w;
+                let per_out = g.c_out * d.oh * d.ow;
+                for (xi, oi) in x.chunks_exact(per_in).zip(out.chunks_exact_mut(per_out)) {
+                    p.pack_input(g, xi, &one, layout, &mut buf);
+                    self.drive(p, &geo, &buf, &one, layout, oi);
+                }
                 Ok(())
             },
         );
@@ -730,6 +737,26 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         let _ = d;
         1
     }
+}
+
+/// Rejects codes outside the input format (one vectorizable min/max pass), so the accumulator
+/// bound holds for every accepted input.
+#[inline(always)]
+fn check_range<A: Activation8or16>(x: &[A], range: (i64, i64)) -> Result<()> {
+    let (mn, mx) = x.iter().fold((A::MAX, A::MIN), |(mn, mx), v| {
+        let c = v.to_code();
+        (mn.min(c), mx.max(c))
+    });
+    if !x.is_empty() && (mn < range.0 || mx > range.1) {
+        return Err(Error::InvalidArgument {
+            name: "input",
+            reason: format!(
+                "codes span {mn}..={mx}, outside the input format's {}..={}",
+                range.0, range.1
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn nchw(s: &[usize]) -> [usize; 4] {

@@ -341,6 +341,11 @@ pub(crate) struct Requant {
     pub hi: Vec<i32>,
     /// The shifts s_o themselves, for the reference path.
     pub shift: Vec<i32>,
+    /// Every s_o is in 1..=31 (the common case): the short form applies.
+    pub right_only: bool,
+    /// Output bounds (equal for all channels).
+    pub lo_all: i32,
+    pub hi_all: i32,
 }
 
 /// Largest left shift applied literally; larger shifts saturate every non-zero value anyway because
@@ -349,8 +354,13 @@ const MAX_LEFT: u32 = 24;
 
 impl Requant {
     pub(crate) fn new(shifts: &[i32], lo: i64, hi: i64) -> Self {
-        let mut q = Requant::default();
         let (lo32, hi32) = (lo as i32, hi as i32);
+        let mut q = Requant {
+            right_only: shifts.iter().all(|s| (1..=31).contains(s)),
+            lo_all: lo32,
+            hi_all: hi32,
+            ..Requant::default()
+        };
         for &s in shifts {
             q.shift.push(s);
             q.lo.push(lo32);
@@ -389,6 +399,17 @@ impl Requant {
     pub(crate) fn apply_block(&self, c0: usize, acc: &[i32], bias: &[i32], ys: &mut [i32]) {
         let n = ys.len();
         let (acc, bias) = (&acc[..n], &bias[..n]);
+        if self.right_only {
+            // Short form: keep = −1, m = 1, l = 0, no pre-clamp.
+            let (r, r1) = (&self.r[c0..][..n], &self.r1[c0..][..n]);
+            let (lo, hi) = (self.lo_all, self.hi_all);
+            for c in 0..n {
+                let t = acc[c].wrapping_add(bias[c]);
+                let q = (t >> (r[c] & 31)) + ((t >> (r1[c] & 31)) & 1);
+                ys[c] = q.max(lo).min(hi);
+            }
+            return;
+        }
         let (keep, r, r1, m) = (
             &self.keep[c0..][..n],
             &self.r[c0..][..n],

@@ -247,7 +247,7 @@ impl<K: MicroKernel> Packed<K> {
         K::NR
     }
 
-    /// Packs NCHW (or NHWC) input codes into the padded NHWC buffer; checks codes against [lo, hi].
+    /// Packs NCHW (or NHWC) input codes into the padded NHWC buffer (codes already range-checked).
     #[inline(always)]
     pub fn pack_input<A: Activation8or16>(
         &self,
@@ -255,23 +255,8 @@ impl<K: MicroKernel> Packed<K> {
         x: &[A],
         d: &CallDims,
         layout: Layout,
-        range: (i64, i64),
         buf: &mut Vec<K::X>,
-    ) -> Result<()> {
-        // Range check first, as one vectorizable min/max pass.
-        let (mn, mx) = x.iter().fold((A::MAX, A::MIN), |(mn, mx), v| {
-            let c = v.to_code();
-            (mn.min(c), mx.max(c))
-        });
-        if !x.is_empty() && (mn < range.0 || mx > range.1) {
-            return Err(Error::InvalidArgument {
-                name: "input",
-                reason: format!(
-                    "codes span {mn}..={mx}, outside the input format's {}..={}",
-                    range.0, range.1
-                ),
-            });
-        }
+    ) {
         let (hp, wp) = (d.h + g.pad[0] + g.pad[2], d.w + g.pad[1] + g.pad[3]);
         let cp = g.groups * self.cg_pad;
         let cig = g.cig();
@@ -319,7 +304,6 @@ impl<K: MicroKernel> Packed<K> {
                 }
             }
         }
-        Ok(())
     }
 
     /// Runs one work unit, writing into `out`, whose element 0 is element `out_base` of the output.
