@@ -122,7 +122,7 @@ pub struct Conv2d<A: Activation8or16, O: Activation8or16> {
 
 /// Minimum multiply-accumulates per call before work is spread over threads (`rayon` feature).
 #[cfg(feature = "rayon")]
-const PAR_MIN_MACS: usize = 8_000_000;
+const PAR_MIN_MACS: usize = 4_000_000;
 
 fn env_forces_reference() -> bool {
     std::env::var("FIXQ_KERNEL").is_ok_and(|v| v.eq_ignore_ascii_case("reference"))
