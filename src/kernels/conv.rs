@@ -644,19 +644,43 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         let g = &self.geom;
         let how = d.oh * d.ow;
         let nb = p.n_blocks(g);
+        let threads = self.threads(d);
+        if threads <= 1 {
+            // One unit covering the call: no splitting, no allocation.
+            let unit = Unit {
+                n: 0,
+                j0: 0,
+                j1: how,
+                b0: 0,
+                b1: nb,
+            };
+            for n in 0..d.n {
+                let o = &mut out[n * g.c_out * how..][..g.c_out * how];
+                p.run_unit(
+                    g,
+                    geo,
+                    &self.requant,
+                    buf,
+                    d,
+                    layout,
+                    Unit { n, ..unit },
+                    o,
+                    n * g.c_out * how,
+                );
+            }
+            return;
+        }
         let mut units: Vec<(Unit, &mut [O], usize)> = Vec::new();
         let mut rest = out;
         let mut base = 0;
-        let threads = self.threads(d);
         match layout {
             Layout::Nchw => {
                 // One unit per (image, channel block): its output channels are contiguous.
                 let cog = g.cog();
                 for n in 0..d.n {
-                    let per_unit = if threads > 1 { 1 } else { nb };
                     let mut b = 0;
                     while b < nb {
-                        let b1 = (b + per_unit).min(nb);
+                        let b1 = b + 1;
                         let ch: usize = (b..b1)
                             .map(|bb| p.nr().min(cog - (bb % (nb / g.groups)) * p.nr()))
                             .sum();
@@ -679,11 +703,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
                 }
             }
             Layout::Nhwc => {
-                let parts = if threads > 1 {
-                    (threads * 4).min(how.div_ceil(K::MR)).max(1)
-                } else {
-                    1
-                };
+                let parts = (threads * 4).min(how.div_ceil(K::MR)).max(1);
                 let step = how.div_ceil(parts);
                 for n in 0..d.n {
                     let mut j0 = 0;
@@ -725,16 +745,19 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         }
     }
 
+    #[cfg(feature = "rayon")]
     fn threads(&self, d: &CallDims) -> usize {
-        #[cfg(feature = "rayon")]
-        {
-            let macs =
-                d.n * d.oh * d.ow * self.geom.c_out * self.geom.cig() * self.geom.kh * self.geom.kw;
-            if macs >= PAR_MIN_MACS {
-                return rayon::current_num_threads();
-            }
+        let g = &self.geom;
+        let macs = d.n * d.oh * d.ow * g.c_out * g.cig() * g.kh * g.kw;
+        if macs >= PAR_MIN_MACS {
+            rayon::current_num_threads()
+        } else {
+            1
         }
-        let _ = d;
+    }
+
+    #[cfg(not(feature = "rayon"))]
+    fn threads(&self, _: &CallDims) -> usize {
         1
     }
 }

@@ -184,9 +184,7 @@ impl<K: MicroKernel> Packed<K> {
     /// Packs OIHW effective weight codes `w` (each fitting K::W) and the i64 bias.
     pub fn new<A: Activation8or16>(k: K, g: &Geom, w: &[i64], bias: &[i64]) -> Self {
         let (cig, cog) = (g.cig(), g.cog());
-        let cg_pad = cig.div_ceil(K::KW);
-        let chunks = cg_pad;
-        let cg_pad = cg_pad * K::KW;
+        let chunks = cig.div_ceil(K::KW);
         let n_ob = cog.div_ceil(K::NR);
         let taps = g.kh * g.kw;
         let block_len = taps * chunks * K::NR * K::KW;
@@ -211,7 +209,6 @@ impl<K: MicroKernel> Packed<K> {
                 }
             }
         }
-        let _ = cg_pad;
         let off = if K::X::IS_U8 {
             i64::from(A::U8_OFFSET)
         } else {
@@ -231,7 +228,7 @@ impl<K: MicroKernel> Packed<K> {
             k,
             w: out,
             bias,
-            cg_pad: cig.div_ceil(K::KW) * K::KW,
+            cg_pad: chunks * K::KW,
             n_ob,
             block_len,
         }
