@@ -569,8 +569,10 @@ fn isa_paths_ran() {
     }
     #[cfg(target_arch = "x86_64")]
     {
-        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
         assert_eq!(KernelId::Avx2I16I16.is_supported(), avx2);
+        assert_eq!(KernelId::Avx2U8I8.is_supported(), avx2);
         let vnni = std::arch::is_x86_feature_detected!("avx512vnni")
             && std::arch::is_x86_feature_detected!("avx512bw");
         assert_eq!(KernelId::Avx512VnniU8I8.is_supported(), vnni);
@@ -588,7 +590,7 @@ fn isa_paths_ran() {
         let expect = if vnni {
             KernelId::Avx512VnniU8I8
         } else if avx2 {
-            KernelId::Avx2I16I16
+            KernelId::Avx2U8I8
         } else {
             KernelId::PortableU8I8
         };
@@ -644,4 +646,48 @@ fn scratch_reuse() {
             }
         }
     }
+}
+
+/// A layer above the threading threshold (4M MACs): with `--features rayon` the Auto kernel runs the
+/// parallel split (NCHW by channel block, NHWC by pixel range) and must still equal the reference.
+#[test]
+fn large_layer_parallel_split_is_exact() {
+    let mut g = Gen(11);
+    let (ci, co, h, w) = (64, 64, 11, 10);
+    let fin = QFormat::unsigned(8, 3).unwrap();
+    let fw = QFormat::signed(8, 6).unwrap();
+    let wt = QTensor::from_codes(
+        Array4::from_shape_vec((co, ci, 3, 3), random_codes::<i8>(&mut g, co * ci * 9, &fw))
+            .unwrap(),
+        fw,
+    )
+    .unwrap();
+    let x = Array4::from_shape_vec((1, ci, h, w), random_codes::<u8>(&mut g, ci * h * w, &fin))
+        .unwrap();
+    let st = OutputStage::new(QFormat::unsigned(8, 2).unwrap()).with_activation(Activation::Relu);
+    let p = Conv2dParams::new().with_padding(1);
+    let reference = Conv2d::<u8, u8>::new(&wt, None, fin, st, p, KernelChoice::Reference).unwrap();
+    let auto = Conv2d::<u8, u8>::new(&wt, None, fin, st, p, KernelChoice::Auto).unwrap();
+    let mut s = Scratch::new();
+    let mut want = Array4::<u8>::zeros((1, co, h, w));
+    reference
+        .forward_into(x.view(), want.view_mut(), &mut s)
+        .unwrap();
+    let mut got = Array4::<u8>::zeros((1, co, h, w));
+    auto.forward_into(x.view(), got.view_mut(), &mut s).unwrap();
+    assert_eq!(got, want, "{}", auto.kernel());
+    let xn = x
+        .view()
+        .permuted_axes([0, 2, 3, 1])
+        .as_standard_layout()
+        .into_owned();
+    let mut got = Array4::<u8>::zeros((1, h, w, co));
+    auto.forward_nhwc_into(xn.view(), got.view_mut(), &mut s)
+        .unwrap();
+    assert_eq!(
+        got.permuted_axes([0, 3, 1, 2]),
+        want,
+        "{} NHWC",
+        auto.kernel()
+    );
 }

@@ -7,7 +7,7 @@ use ndarray::{Array4, ArrayView4, ArrayViewMut4, Ix1, Ix4, RemoveAxis};
 use super::packed::{CallDims, Geom, Layout, MicroKernel, PackX, Packed, TileGeo, Unit};
 use super::portable::{PortableI16, PortableU8};
 #[cfg(target_arch = "x86_64")]
-use super::x86_64::{Avx2I16, Avx512VnniI16, Avx512VnniU8};
+use super::x86_64::{Avx2I8, Avx2I16, Avx512VnniI16, Avx512VnniU8};
 use super::{
     Activation8or16, KernelChoice, KernelId, OutputStage, Requant, Scratch, WeightStorage,
     check_input_format, max_abs_code, reference,
@@ -74,6 +74,8 @@ enum Engine {
     #[cfg(target_arch = "x86_64")]
     Avx2(Packed<Avx2I16>),
     #[cfg(target_arch = "x86_64")]
+    Avx2U8(Packed<Avx2I8>),
+    #[cfg(target_arch = "x86_64")]
     VnniU8(Packed<Avx512VnniU8>),
     #[cfg(target_arch = "x86_64")]
     VnniI16(Packed<Avx512VnniI16>),
@@ -120,7 +122,7 @@ pub struct Conv2d<A: Activation8or16, O: Activation8or16> {
 
 /// Minimum multiply-accumulates per call before work is spread over threads (`rayon` feature).
 #[cfg(feature = "rayon")]
-const PAR_MIN_MACS: usize = 8_000_000;
+const PAR_MIN_MACS: usize = 4_000_000;
 
 fn env_forces_reference() -> bool {
     std::env::var("FIXQ_KERNEL").is_ok_and(|v| v.eq_ignore_ascii_case("reference"))
@@ -277,6 +279,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
             KernelChoice::Auto => [
                 KernelId::Avx512VnniU8I8,
                 KernelId::Avx512VnniI16I16,
+                KernelId::Avx2U8I8,
                 KernelId::Avx2I16I16,
                 KernelId::PortableU8I8,
                 KernelId::PortableI16I16,
@@ -285,7 +288,9 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
             .find(|id| {
                 id.is_supported()
                     && match id {
-                        KernelId::Avx512VnniU8I8 | KernelId::PortableU8I8 => ok8,
+                        KernelId::Avx512VnniU8I8 | KernelId::Avx2U8I8 | KernelId::PortableU8I8 => {
+                            ok8
+                        }
                         _ => ok16,
                     }
             })
@@ -301,7 +306,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         };
         let needs = match want {
             KernelId::Reference => true,
-            KernelId::PortableU8I8 | KernelId::Avx512VnniU8I8 => ok8,
+            KernelId::PortableU8I8 | KernelId::Avx512VnniU8I8 | KernelId::Avx2U8I8 => ok8,
             _ => ok16,
         };
         if !needs {
@@ -325,6 +330,11 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
             #[cfg(target_arch = "x86_64")]
             KernelId::Avx2I16I16 => match Avx2I16::new() {
                 Some(k) => Engine::Avx2(Packed::new::<A>(k, g, &w, &bias)),
+                None => return unfit("this CPU lacks AVX2"),
+            },
+            #[cfg(target_arch = "x86_64")]
+            KernelId::Avx2U8I8 => match Avx2I8::new() {
+                Some(k) => Engine::Avx2U8(Packed::new::<A>(k, g, &w, &bias)),
                 None => return unfit("this CPU lacks AVX2"),
             },
             #[cfg(target_arch = "x86_64")]
@@ -362,6 +372,8 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
             Engine::PortableI16(_) => KernelId::PortableI16I16,
             #[cfg(target_arch = "x86_64")]
             Engine::Avx2(_) => KernelId::Avx2I16I16,
+            #[cfg(target_arch = "x86_64")]
+            Engine::Avx2U8(_) => KernelId::Avx2U8I8,
             #[cfg(target_arch = "x86_64")]
             Engine::VnniU8(_) => KernelId::Avx512VnniU8I8,
             #[cfg(target_arch = "x86_64")]
@@ -502,6 +514,8 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
             #[cfg(target_arch = "x86_64")]
             Engine::Avx2(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
             #[cfg(target_arch = "x86_64")]
+            Engine::Avx2U8(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
+            #[cfg(target_arch = "x86_64")]
             Engine::VnniU8(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
             #[cfg(target_arch = "x86_64")]
             Engine::VnniI16(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
@@ -594,13 +608,20 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         let res = p.kernel().in_context(
             #[inline(always)]
             || {
-                p.pack_input(g, x, d, layout, range, &mut buf)?;
+                check_range(x, range)?;
                 let chunks = p.fill_taps(g, d.w, &mut taps);
                 let geo = TileGeo {
                     taps: &taps,
                     chunks,
                 };
-                self.drive(p, &geo, &buf, d, layout, out);
+                // One image at a time: its padded copy stays in cache while the tiles read it.
+                let one = CallDims { n: 1, ..*d };
+                let per_in = g.c_in * d.h * d.w;
+                let per_out = g.c_out * d.oh * d.ow;
+                for (xi, oi) in x.chunks_exact(per_in).zip(out.chunks_exact_mut(per_out)) {
+                    p.pack_input(g, xi, &one, layout, &mut buf);
+                    self.drive(p, &geo, &buf, &one, layout, oi);
+                }
                 Ok(())
             },
         );
@@ -623,19 +644,43 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         let g = &self.geom;
         let how = d.oh * d.ow;
         let nb = p.n_blocks(g);
+        let threads = self.threads(d);
+        if threads <= 1 {
+            // One unit covering the call: no splitting, no allocation.
+            let unit = Unit {
+                n: 0,
+                j0: 0,
+                j1: how,
+                b0: 0,
+                b1: nb,
+            };
+            for n in 0..d.n {
+                let o = &mut out[n * g.c_out * how..][..g.c_out * how];
+                p.run_unit(
+                    g,
+                    geo,
+                    &self.requant,
+                    buf,
+                    d,
+                    layout,
+                    Unit { n, ..unit },
+                    o,
+                    n * g.c_out * how,
+                );
+            }
+            return;
+        }
         let mut units: Vec<(Unit, &mut [O], usize)> = Vec::new();
         let mut rest = out;
         let mut base = 0;
-        let threads = self.threads(d);
         match layout {
             Layout::Nchw => {
                 // One unit per (image, channel block): its output channels are contiguous.
                 let cog = g.cog();
                 for n in 0..d.n {
-                    let per_unit = if threads > 1 { 1 } else { nb };
                     let mut b = 0;
                     while b < nb {
-                        let b1 = (b + per_unit).min(nb);
+                        let b1 = b + 1;
                         let ch: usize = (b..b1)
                             .map(|bb| p.nr().min(cog - (bb % (nb / g.groups)) * p.nr()))
                             .sum();
@@ -658,11 +703,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
                 }
             }
             Layout::Nhwc => {
-                let parts = if threads > 1 {
-                    (threads * 4).min(how.div_ceil(K::MR)).max(1)
-                } else {
-                    1
-                };
+                let parts = (threads * 4).min(how.div_ceil(K::MR)).max(1);
                 let step = how.div_ceil(parts);
                 for n in 0..d.n {
                     let mut j0 = 0;
@@ -704,18 +745,41 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         }
     }
 
+    #[cfg(feature = "rayon")]
     fn threads(&self, d: &CallDims) -> usize {
-        #[cfg(feature = "rayon")]
-        {
-            let macs =
-                d.n * d.oh * d.ow * self.geom.c_out * self.geom.cig() * self.geom.kh * self.geom.kw;
-            if macs >= PAR_MIN_MACS {
-                return rayon::current_num_threads();
-            }
+        let g = &self.geom;
+        let macs = d.n * d.oh * d.ow * g.c_out * g.cig() * g.kh * g.kw;
+        if macs >= PAR_MIN_MACS {
+            rayon::current_num_threads()
+        } else {
+            1
         }
-        let _ = d;
+    }
+
+    #[cfg(not(feature = "rayon"))]
+    fn threads(&self, _: &CallDims) -> usize {
         1
     }
+}
+
+/// Rejects codes outside the input format (one vectorizable min/max pass), so the accumulator
+/// bound holds for every accepted input.
+#[inline(always)]
+fn check_range<A: Activation8or16>(x: &[A], range: (i64, i64)) -> Result<()> {
+    let (mn, mx) = x.iter().fold((A::MAX, A::MIN), |(mn, mx), v| {
+        let c = v.to_code();
+        (mn.min(c), mx.max(c))
+    });
+    if !x.is_empty() && (mn < range.0 || mx > range.1) {
+        return Err(Error::InvalidArgument {
+            name: "input",
+            reason: format!(
+                "codes span {mn}..={mx}, outside the input format's {}..={}",
+                range.0, range.1
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn nchw(s: &[usize]) -> [usize; 4] {

@@ -10,7 +10,8 @@ use crate::fixed::{QFormat, QTensor};
 
 /// A prepared fixed-point fully connected layer: y_{n,o} = sat(round((b_o + Σₖ x_{n,k}·w_{o,k}) ·
 /// 2^−(n_x + n_w(o) − n_y))), weights `[out, in]`. It runs the convolution kernels as a 1×1
-/// convolution over a 1×1 image, so it shares their packing, accumulator rule and rounding.
+/// convolution over a 1×N image (the batch as pixels), so it shares their packing, accumulator rule
+/// and rounding.
 ///
 /// # Example
 /// ```
@@ -131,8 +132,10 @@ impl<A: Activation8or16, O: Activation8or16> Dense<A, O> {
             reason: e.to_string(),
         };
         let x = x.as_standard_layout();
-        let x4 = x.view().into_shape_with_order((n, 1, 1, k)).map_err(bad)?;
-        let o4 = out.into_shape_with_order((n, 1, 1, m)).map_err(bad)?;
+        // The batch runs as the N pixels of one 1×N NHWC image, so the micro-kernel's MR pixel rows
+        // share each weight load (a GEMM, not N GEMVs).
+        let x4 = x.view().into_shape_with_order((1, 1, n, k)).map_err(bad)?;
+        let o4 = out.into_shape_with_order((1, 1, n, m)).map_err(bad)?;
         self.conv.forward_nhwc_into(x4, o4, scratch)
     }
 }

@@ -76,3 +76,50 @@ pub fn add<
         });
     QTensor::from_codes(out, output.format)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::QFormat;
+    use crate::kernels::Activation;
+    use ndarray::array;
+
+    #[test]
+    fn add_aligns_rounds_and_saturates() {
+        let a = QTensor::from_codes(
+            array![100i8, -100, 1, -1, 0],
+            QFormat::signed(8, 0).unwrap(),
+        )
+        .unwrap();
+        let b = QTensor::from_codes(array![1i16, 1, 1, -1, 3], QFormat::signed(16, 1).unwrap())
+            .unwrap();
+        // a + b/2 at frac 1: 200.5·2 -> s8 saturates; left shift of the result.
+        let y = add::<i8, i16, i16, _>(&a, &b, OutputStage::new(QFormat::signed(12, 1).unwrap()))
+            .unwrap();
+        assert_eq!(y.codes(), &array![201i16, -199, 3, -3, 3]);
+        // Round to frac -1 (step 2): 100.5/2 = 50.25 -> 50; -99.5/2 = -49.75 -> -50; 1.5/2 -> 1 (0.75);
+        // -1.5/2 = -0.75 -> -1; 1.5/2 -> 1.
+        let y = add::<i8, i16, i8, _>(&a, &b, OutputStage::new(QFormat::signed(8, -1).unwrap()))
+            .unwrap();
+        assert_eq!(y.codes(), &array![50i8, -50, 1, -1, 1]);
+        // Ties toward +inf: 0.5 + 0 at frac 0 -> 1, -0.5 -> 0.
+        let h = QTensor::from_codes(array![1i8, -1], QFormat::signed(8, 1).unwrap()).unwrap();
+        let z = QTensor::from_codes(array![0u8, 0], QFormat::unsigned(8, 0).unwrap()).unwrap();
+        let y =
+            add::<i8, u8, i8, _>(&h, &z, OutputStage::new(QFormat::signed(8, 0).unwrap())).unwrap();
+        assert_eq!(y.codes(), &array![1i8, 0]);
+        // 4-bit output with ReLU.
+        let y = add::<i8, i16, i8, _>(
+            &a,
+            &b,
+            OutputStage::new(QFormat::signed(4, 0).unwrap()).with_activation(Activation::Relu),
+        )
+        .unwrap();
+        assert_eq!(y.codes(), &array![7i8, 0, 2, 0, 2]);
+        // Shape mismatch.
+        let c = QTensor::from_codes(array![1i8], QFormat::signed(8, 0).unwrap()).unwrap();
+        assert!(
+            add::<i8, i8, i8, _>(&a, &c, OutputStage::new(QFormat::signed(8, 0).unwrap())).is_err()
+        );
+    }
+}

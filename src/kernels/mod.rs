@@ -34,6 +34,7 @@
 //! | `reference-i64` | any | scalar | all, i64 accumulator |
 //! | `portable-u8i8i32` | any | scalar, packed like VNNI | u8/i8 × i8 (≤ 8-bit weights) |
 //! | `portable-i16i16i32` | any | scalar, packed like `vpmaddwd` | all |
+//! | `x86_64-u8i8i32-avx2` | AVX2 | `vpmovsxbw` + `vpmaddwd` + `vpaddd` | u8/i8 × i8 (≤ 8-bit weights) |
 //! | `x86_64-i16i16i32-avx2` | AVX2 | `vpmaddwd` + `vpaddd` | all (u8/i8 widened to i16) |
 //! | `x86_64-u8i8i32-avx512vnni` | AVX-512 VNNI | `vpdpbusd` | u8/i8 × i8 (≤ 8-bit weights) |
 //! | `x86_64-i16i16i32-avx512vnni` | AVX-512 VNNI | `vpdpwssd` | all |
@@ -154,6 +155,9 @@ pub enum KernelId {
     PortableI16I16,
     /// AVX2 `vpmaddwd`, 8 output channels × 2 inputs per ymm, 6 pixels × 16 channels per tile.
     Avx2I16I16,
+    /// AVX2 for u8/i8 activations × i8 weights: weights kept as i8 and sign-extended on load
+    /// (`vpmovsxbw`), activations widened to i16 when packed, then `vpmaddwd` as [`KernelId::Avx2I16I16`].
+    Avx2U8I8,
     /// AVX-512 VNNI `vpdpbusd`, 16 output channels × 4 inputs per zmm, 12 pixels × 32 channels.
     Avx512VnniU8I8,
     /// AVX-512 VNNI `vpdpwssd`, 16 output channels × 2 inputs per zmm, 12 pixels × 32 channels.
@@ -162,11 +166,12 @@ pub enum KernelId {
 
 impl KernelId {
     /// Every kernel, reference first.
-    pub const ALL: [KernelId; 6] = [
+    pub const ALL: [KernelId; 7] = [
         KernelId::Reference,
         KernelId::PortableU8I8,
         KernelId::PortableI16I16,
         KernelId::Avx2I16I16,
+        KernelId::Avx2U8I8,
         KernelId::Avx512VnniU8I8,
         KernelId::Avx512VnniI16I16,
     ];
@@ -178,6 +183,7 @@ impl KernelId {
             KernelId::PortableU8I8 => "portable-u8i8i32",
             KernelId::PortableI16I16 => "portable-i16i16i32",
             KernelId::Avx2I16I16 => "x86_64-i16i16i32-avx2",
+            KernelId::Avx2U8I8 => "x86_64-u8i8i32-avx2",
             KernelId::Avx512VnniU8I8 => "x86_64-u8i8i32-avx512vnni",
             KernelId::Avx512VnniI16I16 => "x86_64-i16i16i32-avx512vnni",
         }
@@ -189,6 +195,8 @@ impl KernelId {
             KernelId::Reference | KernelId::PortableU8I8 | KernelId::PortableI16I16 => true,
             #[cfg(target_arch = "x86_64")]
             KernelId::Avx2I16I16 => x86_64::Avx2I16::new().is_some(),
+            #[cfg(target_arch = "x86_64")]
+            KernelId::Avx2U8I8 => x86_64::Avx2I8::new().is_some(),
             #[cfg(target_arch = "x86_64")]
             KernelId::Avx512VnniU8I8 => x86_64::Avx512VnniU8::new().is_some(),
             #[cfg(target_arch = "x86_64")]
@@ -333,6 +341,11 @@ pub(crate) struct Requant {
     pub hi: Vec<i32>,
     /// The shifts s_o themselves, for the reference path.
     pub shift: Vec<i32>,
+    /// Every s_o is in 1..=31 (the common case): the short form applies.
+    pub right_only: bool,
+    /// Output bounds (equal for all channels).
+    pub lo_all: i32,
+    pub hi_all: i32,
 }
 
 /// Largest left shift applied literally; larger shifts saturate every non-zero value anyway because
@@ -341,8 +354,13 @@ const MAX_LEFT: u32 = 24;
 
 impl Requant {
     pub(crate) fn new(shifts: &[i32], lo: i64, hi: i64) -> Self {
-        let mut q = Requant::default();
         let (lo32, hi32) = (lo as i32, hi as i32);
+        let mut q = Requant {
+            right_only: shifts.iter().all(|s| (1..=31).contains(s)),
+            lo_all: lo32,
+            hi_all: hi32,
+            ..Requant::default()
+        };
         for &s in shifts {
             q.shift.push(s);
             q.lo.push(lo32);
@@ -381,6 +399,17 @@ impl Requant {
     pub(crate) fn apply_block(&self, c0: usize, acc: &[i32], bias: &[i32], ys: &mut [i32]) {
         let n = ys.len();
         let (acc, bias) = (&acc[..n], &bias[..n]);
+        if self.right_only {
+            // Short form: keep = −1, m = 1, l = 0, no pre-clamp.
+            let (r, r1) = (&self.r[c0..][..n], &self.r1[c0..][..n]);
+            let (lo, hi) = (self.lo_all, self.hi_all);
+            for c in 0..n {
+                let t = acc[c].wrapping_add(bias[c]);
+                let q = (t >> (r[c] & 31)) + ((t >> (r1[c] & 31)) & 1);
+                ys[c] = q.max(lo).min(hi);
+            }
+            return;
+        }
         let (keep, r, r1, m) = (
             &self.keep[c0..][..n],
             &self.r[c0..][..n],

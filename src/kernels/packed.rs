@@ -88,7 +88,8 @@ pub(crate) trait MicroKernel: Copy + Send + Sync + 'static {
     fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
         f()
     }
-    /// `offs.len() == MR`; `w` holds one block; `acc.len() >= MR·NR`. Implementations check bounds.
+    /// `offs.len()` = m ∈ 1..=MR pixels; `w` holds one block; `acc.len() >= MR·NR`; fills
+    /// `acc[p·NR + c]` for p < m. Implementations check bounds.
     fn tile(
         &self,
         x: &[Self::X],
@@ -183,9 +184,7 @@ impl<K: MicroKernel> Packed<K> {
     /// Packs OIHW effective weight codes `w` (each fitting K::W) and the i64 bias.
     pub fn new<A: Activation8or16>(k: K, g: &Geom, w: &[i64], bias: &[i64]) -> Self {
         let (cig, cog) = (g.cig(), g.cog());
-        let cg_pad = cig.div_ceil(K::KW);
-        let chunks = cg_pad;
-        let cg_pad = cg_pad * K::KW;
+        let chunks = cig.div_ceil(K::KW);
         let n_ob = cog.div_ceil(K::NR);
         let taps = g.kh * g.kw;
         let block_len = taps * chunks * K::NR * K::KW;
@@ -210,7 +209,6 @@ impl<K: MicroKernel> Packed<K> {
                 }
             }
         }
-        let _ = cg_pad;
         let off = if K::X::IS_U8 {
             i64::from(A::U8_OFFSET)
         } else {
@@ -230,7 +228,7 @@ impl<K: MicroKernel> Packed<K> {
             k,
             w: out,
             bias,
-            cg_pad: cig.div_ceil(K::KW) * K::KW,
+            cg_pad: chunks * K::KW,
             n_ob,
             block_len,
         }
@@ -246,7 +244,7 @@ impl<K: MicroKernel> Packed<K> {
         K::NR
     }
 
-    /// Packs NCHW (or NHWC) input codes into the padded NHWC buffer; checks codes against [lo, hi].
+    /// Packs NCHW (or NHWC) input codes into the padded NHWC buffer (codes already range-checked).
     #[inline(always)]
     pub fn pack_input<A: Activation8or16>(
         &self,
@@ -254,23 +252,8 @@ impl<K: MicroKernel> Packed<K> {
         x: &[A],
         d: &CallDims,
         layout: Layout,
-        range: (i64, i64),
         buf: &mut Vec<K::X>,
-    ) -> Result<()> {
-        // Range check first, as one vectorizable min/max pass.
-        let (mn, mx) = x.iter().fold((A::MAX, A::MIN), |(mn, mx), v| {
-            let c = v.to_code();
-            (mn.min(c), mx.max(c))
-        });
-        if !x.is_empty() && (mn < range.0 || mx > range.1) {
-            return Err(Error::InvalidArgument {
-                name: "input",
-                reason: format!(
-                    "codes span {mn}..={mx}, outside the input format's {}..={}",
-                    range.0, range.1
-                ),
-            });
-        }
+    ) {
         let (hp, wp) = (d.h + g.pad[0] + g.pad[2], d.w + g.pad[1] + g.pad[3]);
         let cp = g.groups * self.cg_pad;
         let cig = g.cig();
@@ -318,7 +301,6 @@ impl<K: MicroKernel> Packed<K> {
                 }
             }
         }
-        Ok(())
     }
 
     /// Runs one work unit, writing into `out`, whose element 0 is element `out_base` of the output.
@@ -351,13 +333,13 @@ impl<K: MicroKernel> Packed<K> {
             let mut j = unit.j0;
             while j < unit.j1 {
                 let m = K::MR.min(unit.j1 - j);
-                for (p, o) in offs.iter_mut().take(K::MR).enumerate() {
-                    let jj = j + p.min(m - 1);
+                for (p, o) in offs.iter_mut().take(m).enumerate() {
+                    let jj = j + p;
                     let (oy, ox) = (jj / d.ow, jj % d.ow);
                     *o = ((unit.n * hp + oy * g.stride[0]) * wp + ox * g.stride[1]) * cp
                         + gi * self.cg_pad;
                 }
-                self.k.tile(xbuf, &offs[..K::MR], wblk, geo, &mut acc);
+                self.k.tile(xbuf, &offs[..m], wblk, geo, &mut acc);
                 for p in 0..m {
                     let jj = j + p;
                     let ys = &mut ys[..nr_valid];

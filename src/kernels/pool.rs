@@ -228,3 +228,105 @@ mod tests {
         assert_eq!(divide_round(-1, 1, -100, -8, 7), 0);
     }
 }
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use crate::QFormat;
+    use crate::kernels::Activation;
+    use ndarray::Array4;
+
+    fn x() -> QTensor<i8, Ix4> {
+        let v: Vec<i8> = (0..2 * 3 * 5 * 4)
+            .map(|i| ((i * 37) % 256) as u8 as i8)
+            .collect();
+        QTensor::from_codes(
+            Array4::from_shape_vec((2, 3, 5, 4), v).unwrap(),
+            QFormat::signed(8, 2).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// Brute force over the padded window with f64 and the documented tie rule.
+    fn brute(
+        t: &QTensor<i8, Ix4>,
+        p: Pool2dParams,
+        incl: bool,
+        out_frac: i32,
+        max: bool,
+    ) -> Vec<i64> {
+        let s = t.codes().shape();
+        let (oh, ow) = p.out_hw(s[2], s[3]).unwrap();
+        let mut r = Vec::new();
+        for n in 0..s[0] {
+            for c in 0..s[1] {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (mut sum, mut cnt, mut m) = (0i64, 0i64, i64::MIN);
+                        for ky in 0..p.kernel[0] {
+                            for kx in 0..p.kernel[1] {
+                                let y = (oy * p.stride[0] + ky) as i64 - p.padding[0] as i64;
+                                let xx = (ox * p.stride[1] + kx) as i64 - p.padding[1] as i64;
+                                if y >= 0 && xx >= 0 && (y as usize) < s[2] && (xx as usize) < s[3]
+                                {
+                                    let v = i64::from(t.codes()[[n, c, y as usize, xx as usize]]);
+                                    sum += v;
+                                    cnt += 1;
+                                    m = m.max(v);
+                                }
+                            }
+                        }
+                        if max {
+                            r.push(m);
+                        } else {
+                            let cnt = if incl {
+                                (p.kernel[0] * p.kernel[1]) as i64
+                            } else {
+                                cnt
+                            };
+                            let v = sum as f64 * 2f64.powi(out_frac - 2) / cnt as f64;
+                            r.push(((v + 0.5).floor() as i64).clamp(-128, 127));
+                        }
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn pools_match_brute_force() {
+        let t = x();
+        for p in [
+            Pool2dParams::new(2, 2),
+            Pool2dParams::new(3, 1).with_padding(1),
+            Pool2dParams::new(3, 2).with_padding(2),
+        ] {
+            let m = max_pool2d(&t, p).unwrap();
+            assert_eq!(
+                m.codes().iter().map(|&v| i64::from(v)).collect::<Vec<_>>(),
+                brute(&t, p, false, 2, true)
+            );
+            for incl in [false, true] {
+                for out_frac in [0, 2, 5] {
+                    let st = OutputStage::new(QFormat::signed(8, out_frac).unwrap());
+                    let a = avg_pool2d::<i8, i8>(&t, p, incl, st).unwrap();
+                    let got: Vec<i64> = a.codes().iter().map(|&v| i64::from(v)).collect();
+                    assert_eq!(
+                        got,
+                        brute(&t, p, incl, out_frac, false),
+                        "{p:?} incl {incl} frac {out_frac}"
+                    );
+                }
+            }
+        }
+        let g = global_avg_pool::<i8, u8>(
+            &t,
+            OutputStage::new(QFormat::unsigned(8, 2).unwrap()).with_activation(Activation::Relu),
+        )
+        .unwrap();
+        assert_eq!(g.codes().shape(), &[2, 3, 1, 1]);
+        assert!(Pool2dParams::new(0, 1).out_hw(4, 4).is_err());
+        assert!(max_pool2d(&t, Pool2dParams::new(2, 1).with_padding(2)).is_err());
+    }
+}

@@ -18,7 +18,7 @@ fn tile_scalar<
     geo: &TileGeo<'_>,
     acc: &mut [i32],
 ) {
-    acc[..MR * NR].fill(0);
+    acc[..offs.len() * NR].fill(0);
     let mut wi = 0;
     for &t in geo.taps {
         for ch in 0..geo.chunks {

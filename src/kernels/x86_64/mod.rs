@@ -33,57 +33,87 @@ fn in_bounds<X, W>(
 ) -> bool {
     let max_off = offs.iter().copied().max().unwrap_or(0);
     let max_tap = geo.taps.iter().copied().max().unwrap_or(0);
-    offs.len() == mr
-        && acc.len() >= mr * nr
+    (1..=mr).contains(&offs.len())
+        && acc.len() >= offs.len() * nr
         && w.len() >= geo.taps.len() * geo.chunks * nr * kw
         && (geo.chunks == 0
             || geo.taps.is_empty()
             || max_off + max_tap + geo.chunks * kw <= x.len())
 }
 
-// ---------------------------------------------------------------- AVX2 i16 x i16 (vpmaddwd)
+// ---------------------------------------------------------------- AVX2 (vpmaddwd)
 
-/// `x86_64-i16i16i32-avx2`: i16 × i16 pairs with `vpmaddwd`, 6 pixels × 16 channels.
+/// `x86_64-i16i16i32-avx2`: i16 × i16 pairs with `vpmaddwd`, up to 6 pixels × 16 channels.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Avx2I16(());
+/// `x86_64-u8i8i32-avx2`: u8/i8 activations (widened to i16 when packed) × i8 weights stored as i8
+/// and sign-extended on load (`vpmovsxbw`), then `vpmaddwd`; half the weight bytes of `Avx2I16`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Avx2I8(());
+
+fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
 
 impl Avx2I16 {
     pub(crate) fn new() -> Option<Self> {
-        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then_some(Self(()))
+        has_avx2().then_some(Self(()))
+    }
+}
+impl Avx2I8 {
+    pub(crate) fn new() -> Option<Self> {
+        has_avx2().then_some(Self(()))
     }
 }
 
 const A2_MR: usize = 6;
 
+/// Loads 16 weights (8 channels × 2 inputs) as i16 lanes.
+trait Avx2Weights: Copy {
+    /// # Safety
+    /// 16 elements at `p` must be readable; AVX2 must be available.
+    unsafe fn load16(p: *const Self) -> __m256i;
+}
+impl Avx2Weights for i16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const i16) -> __m256i {
+        // SAFETY: 32 readable bytes at p (caller); unaligned load.
+        unsafe { _mm256_loadu_si256(p as *const __m256i) }
+    }
+}
+impl Avx2Weights for i8 {
+    #[inline(always)]
+    unsafe fn load16(p: *const i8) -> __m256i {
+        // SAFETY: 16 readable bytes at p (caller); unaligned load, then sign extension.
+        unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)) }
+    }
+}
+
+/// `M` pixels × 16 channels; see the module table.
 #[inline(always)]
-unsafe fn avx2_body(
+unsafe fn avx2_body<W: Avx2Weights, const M: usize>(
     x: *const i16,
     offs: &[usize],
-    w: *const i16,
+    w: *const W,
     geo: &TileGeo<'_>,
     acc: *mut i32,
 ) {
     // SAFETY (whole body): the caller checked (`in_bounds`) that every x read
-    // (offs[p] + tap + chunk·2 + 2 ≤ x.len()), every w read (taps·chunks·32 i16) and every acc write
-    // (6·16 i32) is in bounds, and that AVX2 is available.
-    // SAFETY: AVX is available (the caller runs with AVX2 enabled).
-    let mut a = [[unsafe { _mm256_setzero_si256() }; 2]; A2_MR];
+    // (offs[p] + tap + chunk·2 + 2 ≤ x.len() for p < M), every w read (taps·chunks·32 elements) and
+    // every acc write (M·16 i32) is in bounds, and that AVX2 is available.
+    // SAFETY: AVX is available.
+    let mut a = [[unsafe { _mm256_setzero_si256() }; 2]; M];
     let mut wp = w;
     for &t in geo.taps {
-        let mut xp = [x; A2_MR];
-        for p in 0..A2_MR {
+        let mut xp = [x; M];
+        for p in 0..M {
             // SAFETY: offs[p] + t is within x (checked by the caller).
             xp[p] = unsafe { x.add(offs[p] + t) };
         }
         for _ in 0..geo.chunks {
-            // SAFETY: 32 i16 of this k-step's weight block are in bounds; unaligned loads.
-            let (w0, w1) = unsafe {
-                (
-                    _mm256_loadu_si256(wp as *const __m256i),
-                    _mm256_loadu_si256(wp.add(16) as *const __m256i),
-                )
-            };
-            for p in 0..A2_MR {
+            // SAFETY: 32 weights of this k-step are in bounds.
+            let (w0, w1) = unsafe { (W::load16(wp), W::load16(wp.add(16))) };
+            for p in 0..M {
                 // SAFETY: two i16 at xp[p] are in bounds; read_unaligned has no alignment demand.
                 let xv = unsafe { _mm256_set1_epi32((xp[p] as *const i32).read_unaligned()) };
                 // SAFETY: AVX2 is enabled in the calling wrapper.
@@ -99,7 +129,7 @@ unsafe fn avx2_body(
         }
     }
     for (p, ap) in a.iter().enumerate() {
-        // SAFETY: acc has room for 6·16 i32 (checked by the caller).
+        // SAFETY: acc has room for M·16 i32 (checked by the caller).
         unsafe {
             _mm256_storeu_si256(acc.add(p * 16) as *mut __m256i, ap[0]);
             _mm256_storeu_si256(acc.add(p * 16 + 8) as *mut __m256i, ap[1]);
@@ -107,16 +137,25 @@ unsafe fn avx2_body(
     }
 }
 
-#[target_feature(enable = "avx2")]
-unsafe fn avx2_tile(
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_tile<W: Avx2Weights>(
     x: *const i16,
     offs: &[usize],
-    w: *const i16,
+    w: *const W,
     geo: &TileGeo<'_>,
     acc: *mut i32,
 ) {
-    // SAFETY: preconditions forwarded from the caller.
-    unsafe { avx2_body(x, offs, w, geo, acc) }
+    // SAFETY: preconditions forwarded from the caller; offs.len() = M selects the instantiation.
+    unsafe {
+        match offs.len() {
+            1 => avx2_body::<W, 1>(x, offs, w, geo, acc),
+            2 => avx2_body::<W, 2>(x, offs, w, geo, acc),
+            3 => avx2_body::<W, 3>(x, offs, w, geo, acc),
+            4 => avx2_body::<W, 4>(x, offs, w, geo, acc),
+            5 => avx2_body::<W, 5>(x, offs, w, geo, acc),
+            _ => avx2_body::<W, A2_MR>(x, offs, w, geo, acc),
+        }
+    }
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -129,27 +168,39 @@ unsafe fn avx512_context<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-impl MicroKernel for Avx2I16 {
-    type X = i16;
-    type W = i16;
-    const MR: usize = A2_MR;
-    const NR: usize = 16;
-    const KW: usize = 2;
-    #[inline(always)]
-    fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
-        // SAFETY: `self` exists only if AVX2 was detected (`Avx2I16::new`); FMA comes with every
-        // AVX2 CPU this crate targets and is checked there too.
-        unsafe { avx2_context(f) }
-    }
-    fn tile(&self, x: &[i16], offs: &[usize], w: &[i16], geo: &TileGeo<'_>, acc: &mut [i32]) {
-        if !in_bounds(x, offs, w, geo, acc, (Self::MR, Self::NR, Self::KW)) {
-            debug_assert!(false, "tile out of bounds");
-            return;
+macro_rules! avx2_kernel {
+    ($ty:ty, $w:ty) => {
+        impl MicroKernel for $ty {
+            type X = i16;
+            type W = $w;
+            const MR: usize = A2_MR;
+            const NR: usize = 16;
+            const KW: usize = 2;
+            #[inline(always)]
+            fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
+                // SAFETY: `self` exists only if AVX2 and FMA were detected (`new`).
+                unsafe { avx2_context(f) }
+            }
+            fn tile(
+                &self,
+                x: &[i16],
+                offs: &[usize],
+                w: &[$w],
+                geo: &TileGeo<'_>,
+                acc: &mut [i32],
+            ) {
+                if !in_bounds(x, offs, w, geo, acc, (Self::MR, Self::NR, Self::KW)) {
+                    debug_assert!(false, "tile out of bounds");
+                    return;
+                }
+                // SAFETY: bounds checked above; `self` exists only if AVX2 was detected.
+                unsafe { avx2_tile::<$w>(x.as_ptr(), offs, w.as_ptr(), geo, acc.as_mut_ptr()) }
+            }
         }
-        // SAFETY: bounds checked above; `self` exists only if AVX2 was detected.
-        unsafe { avx2_tile(x.as_ptr(), offs, w.as_ptr(), geo, acc.as_mut_ptr()) }
-    }
+    };
 }
+avx2_kernel!(Avx2I16, i16);
+avx2_kernel!(Avx2I8, i8);
 
 // ---------------------------------------------------------------- AVX-512 VNNI
 
@@ -181,7 +232,7 @@ impl Avx512VnniI16 {
 
 /// Shared VNNI body: `KW` elements of `X` per 32-bit lane; `dot` is `vpdpbusd` or `vpdpwssd`.
 #[inline(always)]
-unsafe fn vnni_body<X, W, const KW: usize>(
+unsafe fn vnni_body<X, W, const M: usize>(
     x: *const X,
     offs: &[usize],
     w: *const W,
@@ -191,13 +242,13 @@ unsafe fn vnni_body<X, W, const KW: usize>(
 ) {
     // SAFETY (whole body): the caller checked that every x read (offs[p] + tap + chunk·KW + KW ≤
     // x.len()), every w read (taps·chunks·32·KW elements of 64 bytes per 16 channels) and every acc
-    // write (12·32 i32) is in bounds, and that AVX-512F/BW/VNNI are available.
+    // write (M·32 i32) is in bounds, and that AVX-512F/BW/VNNI are available.
     // SAFETY: AVX-512F is available (the caller runs with it enabled).
-    let mut a = [[unsafe { _mm512_setzero_si512() }; 2]; V_MR];
+    let mut a = [[unsafe { _mm512_setzero_si512() }; 2]; M];
     let mut wp = w as *const u8;
     for &t in geo.taps {
-        let mut xp = [x as *const u8; V_MR];
-        for p in 0..V_MR {
+        let mut xp = [x as *const u8; M];
+        for p in 0..M {
             // SAFETY: offs[p] + t is within x.
             xp[p] = unsafe { x.add(offs[p] + t) } as *const u8;
         }
@@ -209,7 +260,7 @@ unsafe fn vnni_body<X, W, const KW: usize>(
                     _mm512_loadu_si512(wp.add(64) as *const __m512i),
                 )
             };
-            for p in 0..V_MR {
+            for p in 0..M {
                 // SAFETY: 4 bytes at xp[p] are in bounds; read_unaligned has no alignment demand.
                 let xv = unsafe { _mm512_set1_epi32((xp[p] as *const i32).read_unaligned()) };
                 a[p][0] = dot(a[p][0], xv, w0);
@@ -228,7 +279,26 @@ unsafe fn vnni_body<X, W, const KW: usize>(
             _mm512_storeu_si512(acc.add(p * 32 + 16) as *mut __m512i, ap[1]);
         }
     }
-    let _ = KW;
+}
+
+/// Calls `vnni_body` with M = offs.len() rounded up to 1, 2, 4, 8 or 12 (extra rows repeat the last
+/// pixel and are discarded by the driver).
+macro_rules! vnni_dispatch {
+    ($x:ty, $w:ty, $xp:expr, $offs:expr, $wp:expr, $geo:expr, $acc:expr, $dot:expr) => {{
+        let offs: &[usize] = $offs;
+        let mut o = [0usize; V_MR];
+        let m = offs.len();
+        for (i, v) in o.iter_mut().enumerate() {
+            *v = offs[i.min(m - 1)];
+        }
+        match m {
+            1 => vnni_body::<$x, $w, 1>($xp, &o[..1], $wp, $geo, $acc, $dot),
+            2 => vnni_body::<$x, $w, 2>($xp, &o[..2], $wp, $geo, $acc, $dot),
+            3 | 4 => vnni_body::<$x, $w, 4>($xp, &o[..4], $wp, $geo, $acc, $dot),
+            5..=8 => vnni_body::<$x, $w, 8>($xp, &o[..8], $wp, $geo, $acc, $dot),
+            _ => vnni_body::<$x, $w, V_MR>($xp, &o[..V_MR], $wp, $geo, $acc, $dot),
+        }
+    }};
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -239,8 +309,9 @@ unsafe fn vnni_u8_tile(
     geo: &TileGeo<'_>,
     acc: *mut i32,
 ) {
-    // SAFETY: preconditions forwarded; the closure runs inside this AVX-512 VNNI context.
-    unsafe { vnni_body::<u8, i8, 4>(x, offs, w, geo, acc, |s, a, b| _mm512_dpbusd_epi32(s, a, b)) }
+    let dot = |s, a, b| _mm512_dpbusd_epi32(s, a, b);
+    // SAFETY: preconditions forwarded; offs.len() = M selects the instantiation.
+    unsafe { vnni_dispatch!(u8, i8, x, offs, w, geo, acc, dot) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -251,10 +322,9 @@ unsafe fn vnni_i16_tile(
     geo: &TileGeo<'_>,
     acc: *mut i32,
 ) {
-    // SAFETY: preconditions forwarded; the closure runs inside this AVX-512 VNNI context.
-    unsafe {
-        vnni_body::<i16, i16, 2>(x, offs, w, geo, acc, |s, a, b| _mm512_dpwssd_epi32(s, a, b))
-    }
+    let dot = |s, a, b| _mm512_dpwssd_epi32(s, a, b);
+    // SAFETY: preconditions forwarded; offs.len() = M selects the instantiation.
+    unsafe { vnni_dispatch!(i16, i16, x, offs, w, geo, acc, dot) }
 }
 
 impl MicroKernel for Avx512VnniU8 {
@@ -269,7 +339,10 @@ impl MicroKernel for Avx512VnniU8 {
     const NR: usize = 32;
     const KW: usize = 4;
     fn tile(&self, x: &[u8], offs: &[usize], w: &[i8], geo: &TileGeo<'_>, acc: &mut [i32]) {
-        if !in_bounds(x, offs, w, geo, acc, (Self::MR, Self::NR, Self::KW)) {
+        // The rounded-up instantiations may write up to MR rows.
+        if acc.len() < Self::MR * Self::NR
+            || !in_bounds(x, offs, w, geo, acc, (Self::MR, Self::NR, Self::KW))
+        {
             debug_assert!(false, "tile out of bounds");
             return;
         }
@@ -290,7 +363,10 @@ impl MicroKernel for Avx512VnniI16 {
     const NR: usize = 32;
     const KW: usize = 2;
     fn tile(&self, x: &[i16], offs: &[usize], w: &[i16], geo: &TileGeo<'_>, acc: &mut [i32]) {
-        if !in_bounds(x, offs, w, geo, acc, (Self::MR, Self::NR, Self::KW)) {
+        // The rounded-up instantiations may write up to MR rows.
+        if acc.len() < Self::MR * Self::NR
+            || !in_bounds(x, offs, w, geo, acc, (Self::MR, Self::NR, Self::KW))
+        {
             debug_assert!(false, "tile out of bounds");
             return;
         }
