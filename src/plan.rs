@@ -376,6 +376,8 @@ pub(crate) struct LayerWeights {
     pub bias: Vec<f32>,
     /// The original weight shape (OIHW for Conv, `[out, in]` for dense).
     pub shape: Vec<usize>,
+    /// Whether the initializer is stored `[in, out]` (Gemm with transB = 0, MatMul).
+    pub stored_transposed: bool,
 }
 
 /// The constant weights of every Conv, Gemm and MatMul, in graph order.
@@ -410,6 +412,7 @@ pub(crate) fn layer_weights(graph: &Graph) -> Result<Vec<LayerWeights>> {
                     matrix,
                     bias,
                     shape,
+                    stored_transposed: false,
                 });
             }
             Op::Gemm {
@@ -458,6 +461,7 @@ pub(crate) fn layer_weights(graph: &Graph) -> Result<Vec<LayerWeights>> {
                     shape: vec![o, w.ncols()],
                     matrix: w,
                     bias,
+                    stored_transposed: !*trans_b,
                 });
             }
             Op::MatMul => {
@@ -475,6 +479,7 @@ pub(crate) fn layer_weights(graph: &Graph) -> Result<Vec<LayerWeights>> {
                     shape: vec![o, w.ncols()],
                     matrix: w,
                     bias: vec![0.0; o],
+                    stored_transposed: true,
                 });
             }
             _ => {}
@@ -565,6 +570,9 @@ pub struct NoiseGains {
     /// (node name, gain in dB) per weighted layer, for an error along the weights themselves (a
     /// rescaling of the layer by 1 + ε).
     pub weights_coherent: Vec<(String, f64)>,
+    /// (node name, gain in dB) per weighted layer, for a constant offset on each output channel's
+    /// weights (random sign per channel).
+    pub weights_offset: Vec<(String, f64)>,
     /// (tensor name, gain in dB) per activation point.
     pub activations: Vec<(String, f64)>,
 }
@@ -583,6 +591,13 @@ impl NoiseGains {
     /// [`Error::InvalidArgument`] if not measured.
     pub fn weight_coherent_db(&self, node: &str) -> Result<f64> {
         lookup(&self.weights_coherent, node)
+    }
+    /// Gain in dB of a per-channel constant offset of the weights of `node`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if not measured.
+    pub fn weight_offset_db(&self, node: &str) -> Result<f64> {
+        lookup(&self.weights_offset, node)
     }
     /// Gain in dB of activation `tensor`.
     ///
@@ -625,6 +640,7 @@ pub fn noise_gains(
     };
     let mut weights = Vec::new();
     let mut weights_coherent = Vec::new();
+    let mut weights_offset = Vec::new();
     for lw in layer_weights(graph)? {
         let mut g = graph.clone();
         let mut w =
@@ -645,6 +661,27 @@ pub fn noise_gains(
         g.set_initializer(&lw.weight_name, original.mapv(|v| v * (1.0 + eps)))?;
         let out = FloatExecutor::new(&g).run(probe.view())?;
         weights_coherent.push((lw.node.clone(), gain_of(&out)?));
+        // A constant ±δ on each output channel's weights (in the initializer's own layout), with
+        // total power γ below the tensor's.
+        let mut shifted = original.clone();
+        let energy: f64 = original.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let delta =
+            (energy * sqnr::db_to_linear(-GAIN_PROBE_DB) / original.len().max(1) as f64).sqrt();
+        let signs: Vec<f64> = (0..lw.matrix.nrows())
+            .map(|_| if rng.next_u64() & 1 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let per_out = lw.matrix.ncols();
+        for (i, v) in shifted.iter_mut().enumerate() {
+            let row = if lw.stored_transposed {
+                i % lw.matrix.nrows()
+            } else {
+                i / per_out.max(1)
+            };
+            *v += (signs[row.min(signs.len() - 1)] * delta) as f32;
+        }
+        g.set_initializer(&lw.weight_name, shifted)?;
+        let out = FloatExecutor::new(&g).run(probe.view())?;
+        weights_offset.push((lw.node.clone(), gain_of(&out)?));
     }
     let exec = FloatExecutor::new(graph);
     let mut activations = Vec::new();
@@ -675,6 +712,7 @@ pub fn noise_gains(
     Ok(NoiseGains {
         weights,
         weights_coherent,
+        weights_offset,
         activations,
     })
 }
@@ -720,23 +758,30 @@ struct WeightOption {
     term: f64,
 }
 
-/// Splits the quantization error of `data` in `format` into a part along the data itself and the rest,
-/// both as ratios to the data's energy E = Σw²: with α = ⟨q, w⟩/E,
-/// coherent = (α − 1)², incoherent = ‖q − αw‖²/E, and coherent + incoherent = ‖q − w‖²/E.
+/// The quantization error of a weight group split in three, each as a ratio to the group's energy
+/// E = Σw² (they sum to ‖q − w‖²/E):
+/// * `coherent` = (α − 1)² with α = ⟨q, w⟩/E: a rescaling of the weights, which travels to the output
+///   like signal;
+/// * `offset`: the per-row mean of the rest, r = q − αw (K·Σ_rows mean(r_row)²/E, K the row length):
+///   a constant added to a whole row, which a non-negative input (after a ReLU) sums coherently;
+/// * `incoherent`: what remains, the paper's independent noise.
 ///
-/// The coherent part rescales the tensor — it travels to the output like signal — while the
-/// incoherent part behaves as the paper's independent noise. At one or two bits the coherent part is
-/// large (a quantizer shrinks or stretches the weights), which is why it gets its own gain.
-fn noise_split(data: &[f32], format: QFormat) -> Result<(f64, f64)> {
+/// At one or two bits the first two parts are large, which is why each gets its own gain.
+#[derive(Debug, Clone, Copy)]
+struct NoiseSplit {
+    coherent: f64,
+    offset: f64,
+    incoherent: f64,
+}
+
+fn noise_split(data: &[f32], format: QFormat, row_len: usize) -> Result<NoiseSplit> {
     let q = crate::fixed::Quantizer::<i32>::new(format)?
         .quantize(ndarray::ArrayView1::from(data))?
         .dequantize();
-    let (mut e, mut qw, mut qq) = (0f64, 0f64, 0f64);
+    let (mut e, mut qw) = (0f64, 0f64);
     for (&w, &v) in data.iter().zip(q.iter()) {
-        let (w, v) = (f64::from(w), f64::from(v));
-        e += w * w;
-        qw += v * w;
-        qq += v * v;
+        e += f64::from(w) * f64::from(w);
+        qw += f64::from(v) * f64::from(w);
     }
     if e == 0.0 {
         return Err(Error::ZeroVariance {
@@ -746,10 +791,22 @@ fn noise_split(data: &[f32], format: QFormat) -> Result<(f64, f64)> {
         });
     }
     let alpha = qw / e;
-    let coherent = (alpha - 1.0) * (alpha - 1.0);
-    // ‖q − αw‖² = ‖q‖² − 2α⟨q, w⟩ + α²E = ‖q‖² − α⟨q, w⟩.
-    let incoherent = ((qq - alpha * qw) / e).max(0.0);
-    Ok((coherent, incoherent))
+    let (mut rest, mut offset) = (0f64, 0f64);
+    let q = q.as_slice().unwrap_or(&[]);
+    for (wr, qr) in data.chunks(row_len.max(1)).zip(q.chunks(row_len.max(1))) {
+        let mut sum = 0f64;
+        for (&w, &v) in wr.iter().zip(qr) {
+            let r = f64::from(v) - alpha * f64::from(w);
+            sum += r;
+            rest += r * r;
+        }
+        offset += sum * sum / wr.len() as f64;
+    }
+    Ok(NoiseSplit {
+        coherent: (alpha - 1.0) * (alpha - 1.0),
+        offset: offset / e,
+        incoherent: ((rest - offset) / e).max(0.0),
+    })
 }
 
 fn step_format(
@@ -832,9 +889,11 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
             Some(g) => (
                 sqnr::db_to_linear(g.weight_db(&lw.node)?),
                 sqnr::db_to_linear(g.weight_coherent_db(&lw.node)?),
+                sqnr::db_to_linear(g.weight_offset_db(&lw.node)?),
             ),
-            None => (1.0, 1.0),
+            None => (1.0, 1.0, 1.0),
         };
+        let row_len = lw.matrix.ncols();
         let groups: Vec<Vec<f32>> = match config.granularity {
             Granularity::PerTensor => vec![lw.matrix.iter().copied().collect()],
             Granularity::PerChannel => lw
@@ -866,10 +925,13 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
                         (share * own, share * own * gains.0)
                     }
                     _ => {
-                        let (coherent, incoherent) = noise_split(data, format)?;
+                        let n = noise_split(data, format, row_len)?;
                         (
-                            share * (coherent + incoherent),
-                            share * (coherent * gains.1 + incoherent * gains.0),
+                            share * (n.coherent + n.offset + n.incoherent),
+                            share
+                                * (n.coherent * gains.1
+                                    + n.offset * gains.2
+                                    + n.incoherent * gains.0),
                         )
                     }
                 };
