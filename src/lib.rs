@@ -59,6 +59,11 @@ pub mod table;
 #[cfg(feature = "proptest")]
 pub mod testing;
 
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use alloc::{
     Allocation, Budget, GapBound, LayerSpec, Solver, SqnrCurve, allocate_bits, allocate_bits_with,
     pareto_front,

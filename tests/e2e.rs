@@ -30,7 +30,13 @@ struct Setup {
     reference: eval::FloatReference,
 }
 
-fn setup() -> Setup {
+/// Built once and shared by every test in this file (calibration and noise gains are the slow part).
+fn setup() -> &'static Setup {
+    static SETUP: std::sync::OnceLock<Setup> = std::sync::OnceLock::new();
+    SETUP.get_or_init(build_setup)
+}
+
+fn build_setup() -> Setup {
     let graph = Graph::from_onnx_file(shared("models/lenet5_mnist.onnx")).unwrap();
     let images = shared("data/mnist/t10k-images-idx3-ubyte.gz");
     let labels = shared("data/mnist/t10k-labels-idx1-ubyte.gz");
