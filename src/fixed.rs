@@ -490,6 +490,22 @@ impl<T: Storage, D: RemoveAxis> QTensor<T, D> {
         })
     }
 
+    /// Wraps codes that the crate itself produced inside the format's range (kernel outputs), skipping
+    /// the range scan of [`QTensor::from_codes`]; checked in debug builds.
+    pub(crate) fn from_codes_trusted(
+        codes: Array<T, D>,
+        formats: Vec<QFormat>,
+        axis: Option<usize>,
+    ) -> Self {
+        debug_assert!(check_codes(&codes, &formats, axis).is_ok());
+        Self {
+            codes,
+            formats,
+            axis,
+            saturated: 0,
+        }
+    }
+
     /// The integer codes.
     pub fn codes(&self) -> &Array<T, D> {
         &self.codes

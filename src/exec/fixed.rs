@@ -565,7 +565,9 @@ impl FixedNetwork {
     /// # Errors
     /// [`Error::NonFinite`] for NaN/±∞ input; [`Error::ShapeMismatch`] for an input of the wrong shape.
     pub fn run(&self, input: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        self.run_with(input, |_, _| {})
+        let x = quantize_act(input, self.input_format)?;
+        let out = self.run_codes(x, &mut None::<&mut fn(&str, &ArrayViewD<'_, f32>)>)?;
+        Ok(out.dequantize())
     }
 
     /// As [`FixedNetwork::run`], calling `observer(tensor_name, dequantized)` for the quantized input
@@ -579,11 +581,11 @@ impl FixedNetwork {
     {
         let x = quantize_act(input, self.input_format)?;
         observer(&self.input_name, &x.dequantize().view());
-        let out = self.run_codes(x, &mut observer)?;
+        let out = self.run_codes(x, &mut Some(&mut observer))?;
         Ok(out.dequantize())
     }
 
-    fn run_codes<F>(&self, x: Act, observer: &mut F) -> Result<Act>
+    fn run_codes<F>(&self, x: Act, observer: &mut Option<&mut F>) -> Result<Act>
     where
         F: FnMut(&str, &ArrayViewD<'_, f32>),
     {
@@ -738,8 +740,8 @@ impl FixedNetwork {
                 }
                 Step::Identity => owned(&mut slots)?,
             };
-            if p.observed {
-                observer(&p.output, &out.dequantize().view());
+            if let (true, Some(obs)) = (p.observed, observer.as_mut()) {
+                obs(&p.output, &out.dequantize().view());
             }
             slots[k + 1] = Some(out);
         }
@@ -886,8 +888,13 @@ enum PoolIn {
     I16(QTensor<i16, Ix4>),
 }
 
+/// Activations between steps were produced by the kernels in their format, so they need no range scan.
 fn to_q4<T: Storage>(a: ArrayD<T>, f: QFormat) -> Result<QTensor<T, Ix4>> {
-    QTensor::from_codes(a.into_dimensionality::<Ix4>()?, f)
+    Ok(QTensor::from_codes_trusted(
+        a.into_dimensionality::<Ix4>()?,
+        vec![f],
+        None,
+    ))
 }
 
 fn pool_any(

@@ -111,20 +111,28 @@ pub fn max_pool2d<A: Activation8or16>(
     let s = x.codes().shape();
     let (oh, ow) = p.out_hw(s[2], s[3])?;
     let mut out = Array4::<A>::default((s[0], s[1], oh, ow));
-    let xc = x.codes();
-    windows(s, &p, (oh, ow), |i, (y0, y1), (x0, x1)| {
-        let mut m = i64::MIN;
-        for y in y0..y1 {
-            for xx in x0..x1 {
-                m = m.max(xc[[i[0], i[1], y, xx]].to_code());
+    // Flat, contiguous indexing (the 4-D index of each tap is the slow part otherwise).
+    let xc = x.codes().as_standard_layout();
+    let xs = xc.as_slice().unwrap_or(&[]);
+    let (h, w) = (s[2], s[3]);
+    if let Some(os) = out.as_slice_mut() {
+        windows(s, &p, (oh, ow), |i, (y0, y1), (x0, x1)| {
+            let plane = (i[0] * s[1] + i[1]) * h * w;
+            let mut m = i64::MIN;
+            for y in y0..y1 {
+                for &v in &xs[plane + y * w + x0..plane + y * w + x1] {
+                    m = m.max(v.to_code());
+                }
             }
-        }
-        out[i] = A::from_code(m);
-    });
-    match x.channel_axis() {
-        None => QTensor::from_codes(out, x.format()),
-        Some(a) => QTensor::from_codes_per_channel(out, a, x.formats().to_vec()),
+            os[((i[0] * s[1] + i[1]) * oh + i[2]) * ow + i[3]] = A::from_code(m);
+        });
     }
+    // Every output is one of the input's codes, so it is in range.
+    Ok(QTensor::from_codes_trusted(
+        out,
+        x.formats().to_vec(),
+        x.channel_axis(),
+    ))
 }
 
 /// Average pooling to `output`: y = round(Σx·2^(n_y − n_x) / count), ties toward +∞ (module docs).
