@@ -73,21 +73,11 @@ const LANES: usize = 8;
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct FitAccumulator {
-    n: u64,
-    mean: f64,
-    m2: f64,
-    m3: f64,
-    m4: f64,
-    zeros: u64,
-    sum_abs: f64,
-    sum_ln_abs: f64,
-    max_abs: f64,
-    min: f64,
-    max: f64,
+    s: Part,
 }
 
-/// Central-moment summary of one batch, merged into an accumulator.
-#[derive(Debug, Clone, Copy, Default)]
+/// Sufficient statistics of a batch (and, inside [`FitAccumulator`], of everything seen).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Part {
     n: u64,
     mean: f64,
@@ -112,23 +102,17 @@ impl FitAccumulator {
     /// An empty accumulator.
     pub fn new() -> Self {
         Self {
-            n: 0,
-            mean: 0.0,
-            m2: 0.0,
-            m3: 0.0,
-            m4: 0.0,
-            zeros: 0,
-            sum_abs: 0.0,
-            sum_ln_abs: 0.0,
-            max_abs: 0.0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
+            s: Part {
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                ..Part::default()
+            },
         }
     }
 
     /// Number of values seen.
     pub fn count(&self) -> u64 {
-        self.n
+        self.s.n
     }
 
     /// Adds a batch of `f32` values. On error the accumulator is left unchanged.
@@ -139,7 +123,7 @@ impl FitAccumulator {
         let mut local = Self::new();
         for (ci, chunk) in data.chunks(CHUNK).enumerate() {
             match crate::simd::fit_chunk(chunk) {
-                Some(part) => local.merge_part(&part),
+                Some(part) => local.s.merge(&part),
                 None => {
                     let i = chunk.iter().position(|v| !v.is_finite()).unwrap_or(0);
                     return Err(Error::NonFinite {
@@ -168,7 +152,7 @@ impl FitAccumulator {
         }
         let mut local = Self::new();
         for chunk in data.chunks(CHUNK) {
-            local.merge_part(&chunk_f64(chunk));
+            local.s.merge(&chunk_f64(chunk));
         }
         self.merge(&local);
         Ok(())
@@ -176,42 +160,86 @@ impl FitAccumulator {
 
     /// Merges another accumulator into this one, as if its values had been pushed here.
     pub fn merge(&mut self, other: &FitAccumulator) {
-        self.merge_part(&Part {
-            n: other.n,
-            mean: other.mean,
-            m2: other.m2,
-            m3: other.m3,
-            m4: other.m4,
-            zeros: other.zeros,
-            sum_abs: other.sum_abs,
-            sum_ln_abs: other.sum_ln_abs,
-            max_abs: other.max_abs,
-            min: other.min,
-            max: other.max,
-        });
+        self.s.merge(&other.s);
     }
 
-    fn merge_part(&mut self, b: &Part) {
+    /// Fits every family to the values seen.
+    ///
+    /// # Errors
+    /// [`Error::Empty`] if nothing was pushed; [`Error::ZeroVariance`] if all values are equal or
+    /// fewer than two are non-zero.
+    pub fn fit(&self) -> Result<Fit> {
+        if self.s.n == 0 {
+            return Err(Error::Empty { what: "data" });
+        }
+        let nonzero = self.s.n - self.s.zeros;
+        if self.s.m2 <= 0.0 || nonzero < 2 || self.s.max_abs <= 0.0 {
+            return Err(Error::ZeroVariance {
+                what: "data",
+                count: self.s.n,
+                value: self.s.mean,
+            });
+        }
+        let n = self.s.n as f64;
+        let m = nonzero as f64;
+        let var = self.s.m2 / n;
+        let excess_kurtosis = n * self.s.m4 / (self.s.m2 * self.s.m2) - 3.0;
+        let skewness = n.sqrt() * self.s.m3 / self.s.m2.powf(1.5);
+        // Zero-centred second moment over the non-zero values.
+        let s2 = self.s.m2 + n * self.s.mean * self.s.mean;
+        let s1 = self.s.sum_abs;
+        let l = self.s.sum_ln_abs;
+        let sigma_g = (s2 / m).sqrt();
+        let b = s1 / m;
+        let a = self.s.max_abs;
+        let k = m / (2.0 * s1);
+        let scale_std = [
+            a / 3f64.sqrt(),
+            sigma_g,
+            2f64.sqrt() * b,
+            0.75f64.sqrt() / k,
+        ];
+        let ln_pi = std::f64::consts::PI.ln();
+        let log_likelihood = [
+            -m * (2.0 * a).ln(),
+            -0.5 * m * (2.0 * std::f64::consts::PI * sigma_g * sigma_g).ln() - 0.5 * m,
+            -m * (2.0 * b).ln() - m,
+            m * (0.5 * k.ln() - std::f64::consts::LN_2 - 0.5 * ln_pi) - 0.5 * l - 0.5 * m,
+        ];
+        let mut best = Family::Gaussian;
+        for f in Family::ALL {
+            if log_likelihood[f as usize] > log_likelihood[best as usize] {
+                best = f;
+            }
+        }
+        Ok(Fit {
+            count: self.s.n,
+            zeros: self.s.zeros,
+            mean: self.s.mean,
+            std: var.sqrt(),
+            rms: (s2 / n).sqrt(),
+            skewness,
+            excess_kurtosis,
+            min: self.s.min,
+            max: self.s.max,
+            max_abs: a,
+            scale_std,
+            log_likelihood,
+            best,
+        })
+    }
+}
+
+impl Part {
+    /// Merges `b` into `self`: Pébay (2008), pairwise update of central moments up to order 4.
+    fn merge(&mut self, b: &Part) {
         if b.n == 0 {
             return;
         }
         if self.n == 0 {
-            *self = Self {
-                n: b.n,
-                mean: b.mean,
-                m2: b.m2,
-                m3: b.m3,
-                m4: b.m4,
-                zeros: b.zeros,
-                sum_abs: b.sum_abs,
-                sum_ln_abs: b.sum_ln_abs,
-                max_abs: b.max_abs,
-                min: b.min,
-                max: b.max,
-            };
+            *self = *b;
             return;
         }
-        // Pébay (2008), pairwise update of central moments up to order 4.
         let (na, nb) = (self.n as f64, b.n as f64);
         let n = na + nb;
         let d = b.mean - self.mean;
@@ -237,72 +265,6 @@ impl FitAccumulator {
         self.max_abs = self.max_abs.max(b.max_abs);
         self.min = self.min.min(b.min);
         self.max = self.max.max(b.max);
-    }
-
-    /// Fits every family to the values seen.
-    ///
-    /// # Errors
-    /// [`Error::Empty`] if nothing was pushed; [`Error::ZeroVariance`] if all values are equal or
-    /// fewer than two are non-zero.
-    pub fn fit(&self) -> Result<Fit> {
-        if self.n == 0 {
-            return Err(Error::Empty { what: "data" });
-        }
-        let nonzero = self.n - self.zeros;
-        if self.m2 <= 0.0 || nonzero < 2 || self.max_abs <= 0.0 {
-            return Err(Error::ZeroVariance {
-                what: "data",
-                count: self.n,
-                value: self.mean,
-            });
-        }
-        let n = self.n as f64;
-        let m = nonzero as f64;
-        let var = self.m2 / n;
-        let excess_kurtosis = n * self.m4 / (self.m2 * self.m2) - 3.0;
-        let skewness = n.sqrt() * self.m3 / self.m2.powf(1.5);
-        // Zero-centred second moment over the non-zero values.
-        let s2 = self.m2 + n * self.mean * self.mean;
-        let s1 = self.sum_abs;
-        let l = self.sum_ln_abs;
-        let sigma_g = (s2 / m).sqrt();
-        let b = s1 / m;
-        let a = self.max_abs;
-        let k = m / (2.0 * s1);
-        let scale_std = [
-            a / 3f64.sqrt(),
-            sigma_g,
-            2f64.sqrt() * b,
-            0.75f64.sqrt() / k,
-        ];
-        let ln_pi = std::f64::consts::PI.ln();
-        let log_likelihood = [
-            -m * (2.0 * a).ln(),
-            -0.5 * m * (2.0 * std::f64::consts::PI * sigma_g * sigma_g).ln() - 0.5 * m,
-            -m * (2.0 * b).ln() - m,
-            m * (0.5 * k.ln() - std::f64::consts::LN_2 - 0.5 * ln_pi) - 0.5 * l - 0.5 * m,
-        ];
-        let mut best = Family::Gaussian;
-        for f in Family::ALL {
-            if log_likelihood[f as usize] > log_likelihood[best as usize] {
-                best = f;
-            }
-        }
-        Ok(Fit {
-            count: self.n,
-            zeros: self.zeros,
-            mean: self.mean,
-            std: var.sqrt(),
-            rms: (s2 / n).sqrt(),
-            skewness,
-            excess_kurtosis,
-            min: self.min,
-            max: self.max,
-            max_abs: a,
-            scale_std,
-            log_likelihood,
-            best,
-        })
     }
 }
 
