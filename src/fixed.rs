@@ -27,6 +27,14 @@ use crate::table::{self, Family};
 /// Largest |frac_bits| accepted, so that the step 2^-n is a normal `f32`.
 pub const MAX_ABS_FRAC_BITS: i32 = 100;
 
+/// Signed 8-bit integers (Q8.0): a fallback where a hand-built plan holds no format.
+pub(crate) const SIGNED_INT8: QFormat = QFormat {
+    bits: 8,
+    frac_bits: 0,
+    signed: true,
+    grid: Grid::MidTread,
+};
+
 /// Where the quantization levels sit relative to zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -52,11 +60,32 @@ pub enum Grid {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "QFormatFields"))]
 pub struct QFormat {
     bits: u32,
     frac_bits: i32,
     signed: bool,
     grid: Grid,
+}
+
+/// The fields of a [`QFormat`] as read from JSON, before [`QFormat::new`] checks them, so a file
+/// cannot make a format that the validating constructors would refuse.
+#[cfg(feature = "serde")]
+#[derive(serde::Deserialize)]
+struct QFormatFields {
+    bits: u32,
+    frac_bits: i32,
+    signed: bool,
+    grid: Grid,
+}
+
+#[cfg(feature = "serde")]
+impl TryFrom<QFormatFields> for QFormat {
+    type Error = Error;
+
+    fn try_from(f: QFormatFields) -> Result<Self> {
+        Self::new(f.bits, f.frac_bits, f.signed, f.grid)
+    }
 }
 
 impl QFormat {
@@ -72,7 +101,7 @@ impl QFormat {
                 reason: format!("{bits} is outside 1..=32"),
             });
         }
-        if frac_bits.abs() > MAX_ABS_FRAC_BITS {
+        if !(-MAX_ABS_FRAC_BITS..=MAX_ABS_FRAC_BITS).contains(&frac_bits) {
             return Err(Error::InvalidArgument {
                 name: "frac_bits",
                 reason: format!(

@@ -214,13 +214,56 @@ pub struct WeightPlan {
 
 impl WeightPlan {
     /// Format of output channel `c`.
+    ///
+    /// A per-tensor plan answers its one format for every channel. Plans made by [`plan`] or read by
+    /// [`QuantPlan::from_json`] hold at least one format; a hand-built one with none answers the signed
+    /// 8-bit integer format.
     pub fn format_of_channel(&self, c: usize) -> QFormat {
-        self.formats.get(c).copied().unwrap_or(self.formats[0])
+        self.formats
+            .get(c)
+            .or_else(|| self.formats.first())
+            .copied()
+            .unwrap_or(crate::fixed::SIGNED_INT8)
     }
-    /// Model bits of this tensor: Σ width × weights per channel.
+    /// Model bits of this tensor: Σ width × weights per channel (saturating at `u64::MAX`).
     pub fn model_bits(&self) -> u64 {
         let per = self.params / self.bits.len().max(1) as u64;
-        self.bits.iter().map(|&b| u64::from(b) * per).sum()
+        self.bits.iter().fold(0u64, |acc, &b| {
+            acc.saturating_add(u64::from(b).saturating_mul(per))
+        })
+    }
+
+    /// Checks what [`plan`] guarantees and JSON cannot: one width per format, widths in 1..=16, one
+    /// format per tensor or one per output channel.
+    #[cfg(feature = "serde")]
+    fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Error::InvalidArgument {
+            name: "plan",
+            reason: format!("weight plan of node '{}': {reason}", self.node),
+        };
+        if self.formats.is_empty() || self.formats.len() != self.bits.len() {
+            return Err(bad(format!(
+                "needs one or more formats, one per width (found {} formats, {} widths)",
+                self.formats.len(),
+                self.bits.len()
+            )));
+        }
+        if self.formats.len() != 1 && self.formats.len() != self.out_channels {
+            return Err(bad(format!(
+                "{} formats for {} output channels (expected 1 or {})",
+                self.formats.len(),
+                self.out_channels,
+                self.out_channels
+            )));
+        }
+        for (c, (&b, f)) in self.bits.iter().zip(&self.formats).enumerate() {
+            if b != f.bits() || !(1..=16).contains(&b) {
+                return Err(bad(format!(
+                    "entry {c}: width {b} with format {f} (widths must be 1..=16 and match the format)"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -264,13 +307,17 @@ impl QuantPlan {
     pub fn activation(&self, tensor: &str) -> Option<&ActivationPlan> {
         self.activations.iter().find(|a| a.tensor == tensor)
     }
-    /// Total weight bits (the paper's model size).
+    /// Total weight bits (the paper's model size), saturating at `u64::MAX`.
     pub fn model_bits(&self) -> u64 {
-        self.weights.iter().map(WeightPlan::model_bits).sum()
+        self.weights
+            .iter()
+            .fold(0u64, |acc, w| acc.saturating_add(w.model_bits()))
     }
-    /// Total number of weights.
+    /// Total number of weights, saturating at `u64::MAX`.
     pub fn weight_params(&self) -> u64 {
-        self.weights.iter().map(|w| w.params).sum()
+        self.weights
+            .iter()
+            .fold(0u64, |acc, w| acc.saturating_add(w.params))
     }
     /// Average weight bits per parameter.
     pub fn avg_bits_per_param(&self) -> f64 {
@@ -296,14 +343,20 @@ impl QuantPlan {
     /// Reads a plan from JSON.
     ///
     /// # Errors
-    /// [`Error::Malformed`] with the parser's message for invalid JSON or a wrong structure.
+    /// [`Error::Malformed`] with the parser's message for invalid JSON or a wrong structure (including a
+    /// format outside [`QFormat::new`]'s ranges); [`Error::InvalidArgument`] for a weight plan whose
+    /// widths and formats disagree, lie outside 1..=16, or do not match its output channels.
     #[cfg(feature = "serde")]
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::Malformed {
+        let plan: Self = serde_json::from_str(text).map_err(|e| Error::Malformed {
             format: "plan json",
             offset: 0,
             reason: e.to_string(),
-        })
+        })?;
+        for w in &plan.weights {
+            w.validate()?;
+        }
+        Ok(plan)
     }
 }
 
@@ -902,6 +955,15 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
                 .map(|r| r.iter().copied().collect())
                 .collect(),
         };
+        if let Some((index, value)) = lw.matrix.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::InvalidArgument {
+                name: "weights",
+                reason: format!(
+                    "tensor '{}' holds the non-finite value {value} at flat index {index}",
+                    lw.weight_name
+                ),
+            });
+        }
         let total_energy: f64 = lw.matrix.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
         let mut per_group = Vec::with_capacity(groups.len());
         for (g, data) in groups.iter().enumerate() {

@@ -12,7 +12,7 @@ use ndarray::{Array1, Array3, ArrayD, IxDyn};
 use super::{byte_len, malformed, read_file};
 use crate::error::{Error, Result};
 
-/// Largest decompressed size accepted from a `.gz` file, in bytes (1 GiB).
+/// Largest data size (after the header) accepted from a `.gz` file, in bytes (1 GiB).
 pub const MAX_DECOMPRESSED_BYTES: u64 = 1 << 30;
 
 /// Reads an image file (3 dimensions: count, rows, columns), e.g. `t10k-images-idx3-ubyte.gz`.
@@ -80,21 +80,46 @@ pub fn parse(bytes: &[u8]) -> Result<ArrayD<u8>> {
     parse_plain(bytes)
 }
 
+/// Decompresses the header first and reads only as many bytes as it claims (plus one, to detect
+/// trailing data), so a small file whose header claims a huge tensor is refused before allocating it.
 #[cfg(feature = "gzip")]
 fn gunzip(bytes: &[u8]) -> Result<Vec<u8>> {
     use std::io::Read;
+    let gz_err = |e: std::io::Error| malformed("gzip", 0, e.to_string());
+    let mut decoder = flate2::read::GzDecoder::new(bytes);
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .take(MAX_DECOMPRESSED_BYTES + 1)
+    (&mut decoder)
+        .take(4)
         .read_to_end(&mut out)
-        .map_err(|e| malformed("gzip", 0, e.to_string()))?;
-    if out.len() as u64 > MAX_DECOMPRESSED_BYTES {
+        .map_err(gz_err)?;
+    let rank = match out.as_slice() {
+        [0, 0, _, rank] => u64::from(*rank),
+        // Not an IDX header: let `parse_plain` report it.
+        _ => return Ok(out),
+    };
+    (&mut decoder)
+        .take(4 * rank)
+        .read_to_end(&mut out)
+        .map_err(gz_err)?;
+    let claimed = out
+        .get(4..)
+        .unwrap_or_default()
+        .chunks_exact(4)
+        .try_fold(1u64, |acc, c| {
+            acc.checked_mul(u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+        })
+        .filter(|&n| n <= MAX_DECOMPRESSED_BYTES);
+    let Some(claimed) = claimed else {
         return Err(malformed(
-            "gzip",
-            0,
-            format!("decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes"),
+            "idx",
+            4,
+            format!("the header claims more than {MAX_DECOMPRESSED_BYTES} bytes of data"),
         ));
-    }
+    };
+    decoder
+        .take(claimed + 1)
+        .read_to_end(&mut out)
+        .map_err(gz_err)?;
     Ok(out)
 }
 

@@ -1,0 +1,158 @@
+//! Determinism: the same model, calibration data and budget give a byte-identical plan, and the
+//! fixed-point network gives bit-identical outputs across runs, across rayon thread counts (feature
+//! `rayon`) and across the SIMD and scalar reference kernels, on the digits CNN and on LeNet-5 (from
+//! `../shared`; the LeNet test fails loudly if it is missing).
+
+use std::path::PathBuf;
+
+use fixq::eval::Dataset;
+use fixq::exec::{FixedNetwork, FloatExecutor};
+use fixq::kernels::KernelChoice;
+use fixq::plan::{self, CurveSource, Granularity, PlanConfig, QuantPlan, StepRule};
+use fixq::{Budget, Graph, Grid};
+use ndarray::ArrayD;
+
+struct Case {
+    graph: Graph,
+    calib: Dataset,
+    test: Dataset,
+}
+
+fn digits() -> Case {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let data = |split: &str, n| {
+        Dataset::from_idx(
+            format!("{root}/data/digits/{split}-images-idx3-ubyte"),
+            format!("{root}/data/digits/{split}-labels-idx1-ubyte"),
+            1.0 / 16.0,
+            Some(n),
+        )
+        .unwrap()
+    };
+    Case {
+        graph: Graph::from_onnx_file(format!("{root}/models/digits_cnn.onnx")).unwrap(),
+        calib: data("train", 200),
+        test: data("test", 100),
+    }
+}
+
+fn shared(rel: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: the LeNet-5 determinism test needs ../shared beside the crate",
+        p.display()
+    );
+    p
+}
+
+fn lenet() -> Case {
+    let images = shared("data/mnist/t10k-images-idx3-ubyte.gz");
+    let labels = shared("data/mnist/t10k-labels-idx1-ubyte.gz");
+    let all = Dataset::from_idx(&images, &labels, 1.0 / 255.0, Some(232)).unwrap();
+    let split = |r: std::ops::Range<usize>| Dataset {
+        images: all
+            .images
+            .slice(ndarray::s![r.clone(), .., .., ..])
+            .to_owned(),
+        labels: all.labels[r].to_vec(),
+    };
+    Case {
+        graph: Graph::from_onnx_file(shared("models/lenet5_mnist.onnx")).unwrap(),
+        calib: split(0..200),
+        test: split(200..232),
+    }
+}
+
+/// The digits CNN is small: the exact allocation, per tensor and per channel. LeNet-5 is far larger,
+/// so it gets the cheapest plan (equal 8-bit widths, steps from the fitted densities rather than a
+/// search over the data) to keep the test time modest in debug builds.
+fn configs(full: bool) -> Vec<PlanConfig> {
+    if !full {
+        let mut equal = PlanConfig::equal(8);
+        equal.weight_step = StepRule::MinExpectedMse;
+        equal.curve = CurveSource::Linear {
+            kappa_db_per_bit: 3.0,
+        };
+        return vec![equal];
+    }
+    let per_tensor = PlanConfig::fixq(Budget::AvgBitsPerParam(4.0));
+    let mut per_channel = per_tensor.clone();
+    per_channel.granularity = Granularity::PerChannel;
+    per_channel.weight_grid = Grid::MidRise;
+    per_channel.weight_bits = 1..=7;
+    vec![per_tensor, per_channel]
+}
+
+fn make_plan(c: &Case, cfg: &PlanConfig) -> QuantPlan {
+    let cal =
+        fixq::calib::calibrate(&FloatExecutor::new(&c.graph), c.calib.batches(64), |_| {}).unwrap();
+    plan::plan(&c.graph, &cal, cfg).unwrap()
+}
+
+/// The plan as bytes: its JSON with feature `serde`, its `Debug` text otherwise.
+fn plan_bytes(p: &QuantPlan) -> String {
+    #[cfg(feature = "serde")]
+    {
+        p.to_json().unwrap()
+    }
+    #[cfg(not(feature = "serde"))]
+    {
+        format!("{p:?}")
+    }
+}
+
+fn outputs_bits(c: &Case, p: &QuantPlan, choice: KernelChoice) -> Vec<u32> {
+    let net = FixedNetwork::with_options(&c.graph, p, None, choice).unwrap();
+    let y: ArrayD<f32> = net.run(c.test.images.view().into_dyn()).unwrap();
+    y.iter().map(|v| v.to_bits()).collect()
+}
+
+fn check(c: &Case, full: bool) {
+    // Noise gains are deterministic too, and the most involved part of planning: once, on a few images.
+    let probe = c
+        .calib
+        .images
+        .slice(ndarray::s![..16, .., .., ..])
+        .into_dyn();
+    let gains = plan::noise_gains(&c.graph, probe.clone(), 3).unwrap();
+    assert_eq!(gains, plan::noise_gains(&c.graph, probe, 3).unwrap());
+    for cfg in configs(full) {
+        let cfg = cfg.with_gains(gains.clone());
+        let (a, b) = (make_plan(c, &cfg), make_plan(c, &cfg));
+        assert_eq!(plan_bytes(&a), plan_bytes(&b), "plan differs between runs");
+        let reference = outputs_bits(c, &a, KernelChoice::Reference);
+        assert_eq!(
+            reference,
+            outputs_bits(c, &a, KernelChoice::Reference),
+            "reference run to run"
+        );
+        assert_eq!(
+            reference,
+            outputs_bits(c, &a, KernelChoice::Auto),
+            "SIMD vs scalar reference"
+        );
+        #[cfg(feature = "rayon")]
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            // Planning is single-threaded; the kernels are what rayon splits.
+            let y = pool.install(|| outputs_bits(c, &a, KernelChoice::Auto));
+            assert_eq!(reference, y, "outputs with {threads} rayon threads");
+        }
+    }
+}
+
+#[test]
+fn digits_plan_and_outputs_are_deterministic() {
+    check(&digits(), true);
+}
+
+#[test]
+fn lenet_plan_and_outputs_are_deterministic() {
+    check(&lenet(), false);
+}

@@ -1,0 +1,255 @@
+//! Findings from fuzzing and review, each kept as a named test with its input inline, and the rule that
+//! a header claiming a huge tensor is refused before anything of that size is allocated, for every
+//! reader. A counting global allocator records the largest single allocation, so "before allocating"
+//! is checked, not assumed.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use fixq::Error;
+
+mod common;
+
+struct Largest;
+
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+/// Serialises the tests that read [`LARGEST`], so one test's allocations do not show in another's.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+// SAFETY: forwards to the system allocator unchanged; only records the size asked for.
+unsafe impl GlobalAlloc for Largest {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        // SAFETY: same layout contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        // SAFETY: as for `GlobalAlloc::realloc`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Largest = Largest;
+
+/// 2^40 elements.
+const HUGE: u64 = 1 << 40;
+
+/// Runs `f` and returns its result with the largest single allocation made meanwhile.
+fn largest_allocation<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    LARGEST.store(0, Ordering::Relaxed);
+    let r = f();
+    (r, LARGEST.load(Ordering::Relaxed))
+}
+
+/// Asserts that `r` is an error and that nothing over 1 MiB was allocated for it.
+fn refused<T: std::fmt::Debug>(what: &str, (r, largest): (fixq::Result<T>, usize)) -> Error {
+    assert!(largest < 1 << 20, "{what}: allocated {largest} bytes");
+    match r {
+        Err(e) => e,
+        Ok(v) => panic!("{what}: accepted {v:?}"),
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn npy(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((header.len() as u16).to_le_bytes());
+    b.extend(header.as_bytes());
+    b.extend(data);
+    b
+}
+
+fn safetensors(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend(header.as_bytes());
+    b.extend(data);
+    b
+}
+
+/// An ONNX model whose one float initializer claims `dims` and holds `raw` bytes.
+fn onnx_with_initializer(dims: &[u64], raw: &[u8]) -> Vec<u8> {
+    common::model("Relu", &[], &[common::tensor("w", 1, dims, raw)])
+}
+
+#[test]
+fn every_reader_refuses_a_header_claiming_2_pow_40_elements_before_allocating() {
+    let e = refused(
+        "idx",
+        largest_allocation(|| {
+            let mut b = vec![0, 0, 8, 2];
+            b.extend(1u32.to_be_bytes());
+            b.extend(u32::MAX.to_be_bytes()); // 2^32 - 1 per row, and 2^40 in rank 3 below
+            b.extend([0; 16]);
+            fixq::io::idx::parse(&b)
+        }),
+    );
+    assert!(e.to_string().contains("malformed idx data"), "{e}");
+    let e = refused(
+        "idx rank 3",
+        largest_allocation(|| {
+            let mut b = vec![0, 0, 8, 3];
+            for d in [1u32 << 20, 1 << 10, 1 << 10] {
+                b.extend(d.to_be_bytes());
+            }
+            b.extend([0; 16]);
+            fixq::io::idx::parse(&b)
+        }),
+    );
+    assert!(
+        e.to_string().contains("need Some(1099511627776) bytes"),
+        "{e}"
+    );
+    let e = refused(
+        "npy",
+        largest_allocation(|| {
+            fixq::io::npy::parse(&npy(
+                &format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({HUGE},), }}"),
+                &[0; 8],
+            ))
+        }),
+    );
+    assert!(e.to_string().contains("malformed npy data"), "{e}");
+    let e = refused(
+        "safetensors",
+        largest_allocation(|| {
+            fixq::io::safetensors::parse(&safetensors(
+                &format!(r#"{{"w":{{"dtype":"F32","shape":[{HUGE}],"data_offsets":[0,8]}}}}"#),
+                &[0; 8],
+            ))
+        }),
+    );
+    assert!(e.to_string().contains("does not match 8 data bytes"), "{e}");
+    let e = refused(
+        "pack",
+        largest_allocation(|| {
+            let mut b = b"FIXQPACK".to_vec();
+            b.extend(1u32.to_le_bytes()); // version
+            b.extend(1u32.to_le_bytes()); // one tensor
+            b.extend(1u16.to_le_bytes());
+            b.push(b'w');
+            b.push(1); // rank
+            b.extend(HUGE.to_le_bytes());
+            b.extend(1u32.to_le_bytes()); // one format
+            b.extend([8, 0, 0, 1]); // 8 bits, frac 0, signed
+            b.extend((HUGE * 8).to_le_bytes()); // payload bits
+            b.extend([0; 64]);
+            fixq::pack::from_bytes(&b)
+        }),
+    );
+    assert!(e.to_string().contains("malformed"), "{e}");
+    let e = refused(
+        "onnx",
+        largest_allocation(|| {
+            fixq::Graph::from_onnx_bytes(&onnx_with_initializer(&[HUGE], &[0; 16]))
+        }),
+    );
+    assert!(e.to_string().contains("1099511627776"), "{e}");
+    // 10 KiB of gzip: an IDX header claiming 2^40 bytes, then 8 MiB of zeros.
+    let mut plain = vec![0, 0, 8, 3];
+    for d in [1u32 << 20, 1 << 10, 1 << 10] {
+        plain.extend(d.to_be_bytes());
+    }
+    plain.resize(plain.len() + (8 << 20), 0);
+    let gz = gzip(&plain);
+    drop(plain);
+    assert!(gz.len() < 64 << 10);
+    let e = refused("gzip idx", largest_allocation(|| fixq::io::idx::parse(&gz)));
+    assert_eq!(
+        e.to_string(),
+        "malformed idx data at byte 4: the header claims more than 1073741824 bytes of data"
+    );
+}
+
+/// Review finding while writing the plan fuzz target: `QFormat`'s derived `Deserialize` skipped
+/// `QFormat::new`'s checks, so `{"bits":0,..}` made a format whose `min_code` shifts by `0 - 1`
+/// (an overflow panic in debug builds, nonsense in release) once the plan reached the network.
+#[test]
+fn plan_json_with_a_zero_bit_format_is_refused() {
+    let text = plan_json(
+        r#"{"bits":0,"frac_bits":0,"signed":true,"grid":"MidTread"}"#,
+        "[0]",
+    );
+    let e = fixq::plan::QuantPlan::from_json(&text).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "malformed plan json data at byte 0: invalid bits: 0 is outside 1..=32 at line 1 column 151"
+    );
+    let text = plan_json(
+        r#"{"bits":4,"frac_bits":500,"signed":true,"grid":"MidTread"}"#,
+        "[4]",
+    );
+    assert!(fixq::plan::QuantPlan::from_json(&text).is_err());
+    let text = plan_json(
+        r#"{"bits":4,"frac_bits":1,"signed":false,"grid":"MidRise"}"#,
+        "[4]",
+    );
+    assert!(fixq::plan::QuantPlan::from_json(&text).is_err());
+}
+
+/// Review finding: a weight plan with no formats (`"formats":[]`) parsed, then
+/// `WeightPlan::format_of_channel` and the fixed-point network indexed `formats[0]` and panicked.
+#[test]
+fn plan_json_with_no_formats_or_mismatched_widths_is_refused() {
+    let e = fixq::plan::QuantPlan::from_json(&plan_json_formats("[]", "[]")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid plan: weight plan of node 'conv1': needs one or more formats, one per width (found 0 formats, 0 widths)"
+    );
+    let f4 = r#"{"bits":4,"frac_bits":3,"signed":true,"grid":"MidTread"}"#;
+    let e = fixq::plan::QuantPlan::from_json(&plan_json(f4, "[5]")).unwrap_err();
+    assert!(e.to_string().contains("width 5 with format"), "{e}");
+    let e = fixq::plan::QuantPlan::from_json(&plan_json_formats(&format!("[{f4},{f4}]"), "[4,4]"))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("2 formats for 16 output channels"),
+        "{e}"
+    );
+}
+
+/// Review finding: `model_bits` multiplied and summed in plain `u64`, so a plan file claiming
+/// `params = u64::MAX` overflowed (a panic in debug builds). It now saturates.
+#[test]
+fn plan_model_bits_saturate_instead_of_overflowing() {
+    let f4 = r#"{"bits":4,"frac_bits":3,"signed":true,"grid":"MidTread"}"#;
+    let text = plan_json(f4, "[4]").replace("\"params\":144", &format!("\"params\":{}", u64::MAX));
+    let p = fixq::plan::QuantPlan::from_json(&text).unwrap();
+    assert_eq!(p.model_bits(), u64::MAX);
+    assert_eq!(p.weights()[0].format_of_channel(99).bits(), 4);
+}
+
+fn plan_json(format: &str, bits: &str) -> String {
+    plan_json_formats(&format!("[{format}]"), bits)
+}
+
+fn plan_json_formats(formats: &str, bits: &str) -> String {
+    format!(
+        r#"{{"weights":[{{"node":"conv1","weight":"w","params":144,"out_channels":16,"bits":{bits},"formats":{formats},"predicted_sqnr_db":20.0,"gain_db":0.0}}],"activations":[],"predicted_output_sqnr_db":20.0}}"#
+    )
+}
+
+/// Found by tests/no_panic.rs (`formats_and_rules`): `QFormat::new(1, i32::MIN, ..)` checked the range
+/// with `frac_bits.abs()`, which overflows for `i32::MIN` (a panic in debug builds, and in release a
+/// negative value that passed the check).
+#[test]
+fn qformat_with_i32_min_fractional_bits_is_refused() {
+    let e = fixq::QFormat::unsigned(1, i32::MIN).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid frac_bits: -2147483648 is outside -100..=100"
+    );
+    assert!(fixq::QFormat::signed(8, i32::MAX).is_err());
+}
