@@ -8,14 +8,16 @@
 //!
 //! # Example
 //! See `examples/quantize_model.rs` and `tests/e2e.rs`; building one needs a graph and a plan:
-//! ```no_run
-//! # fn main() -> fixq::Result<()> {
-//! # let graph: fixq::Graph = unimplemented!();
-//! # let plan: fixq::plan::QuantPlan = unimplemented!();
-//! # let input: ndarray::ArrayD<f32> = unimplemented!();
-//! let net = fixq::exec::FixedNetwork::new(&graph, &plan)?;
-//! let logits = net.run(input.view())?;
-//! # Ok(()) }
+//! ```
+//! use fixq::exec::FixedNetwork;
+//! use fixq::plan::QuantPlan;
+//! use ndarray::{ArrayD, ArrayViewD};
+//!
+//! /// Logits of the fixed-point network for a batch of inputs.
+//! fn logits(graph: &fixq::Graph, plan: &QuantPlan, input: ArrayViewD<'_, f32>) -> fixq::Result<ArrayD<f32>> {
+//!     let net = FixedNetwork::new(graph, plan)?; // quantizes the weights, prepares the kernels
+//!     net.run(input) // quantize input, integer kernels, dequantize the output
+//! }
 //! ```
 
 use std::collections::HashMap;
