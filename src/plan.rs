@@ -418,7 +418,6 @@ impl std::fmt::Display for QuantPlan {
 /// A weighted layer's constant weights, as a 2-D `[out, fan_in]` matrix view of the original tensor
 /// (OIHW for Conv, so rows are output channels), plus its bias.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // read by the fixed-point executor
 pub(crate) struct LayerWeights {
     pub node_index: usize,
     pub node: String,
@@ -1135,7 +1134,6 @@ fn with_tensor(e: Error, tensor: &str) -> Error {
 }
 
 /// Reshapes a layer's `[out, fan_in]` matrix back to the weight's original shape.
-#[allow(dead_code)] // used by the fixed-point executor
 pub(crate) fn matrix_to_shape(m: &Array2<f32>, shape: &[usize]) -> Result<ArrayD<f32>> {
     m.to_shape(shape.to_vec())
         .map(|v| v.to_owned())

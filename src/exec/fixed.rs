@@ -22,10 +22,10 @@
 
 use std::collections::HashMap;
 
-use ndarray::{Array1, ArrayD, ArrayViewD, Axis, Ix1, Ix2, Ix4, IxDyn};
+use ndarray::{Array1, ArrayD, ArrayViewD, Ix1, Ix2, Ix4, IxDyn};
 
 use crate::error::{Error, Result};
-use crate::fixed::{Grid, QFormat, QTensor, Quantizer, Storage};
+use crate::fixed::{QFormat, QTensor, Quantizer, Storage};
 use crate::graph::{Graph, Op};
 use crate::kernels::{
     Activation, Conv2d, Conv2dParams, Dense, KernelChoice, KernelId, OutputStage, Pool2dParams,
@@ -779,17 +779,7 @@ fn quantize_bias(
     in_fmt: QFormat,
     node: &str,
 ) -> Result<QTensor<i32, Ix1>> {
-    let formats: Vec<QFormat> = (0..bias.len())
-        .map(|c| {
-            let wf = w.codes.format_of_channel(c);
-            let wf = if wf.grid() == Grid::MidRise {
-                wf.as_mid_tread_odd()?
-            } else {
-                wf
-            };
-            QFormat::signed(32, in_fmt.frac_bits() + wf.frac_bits())
-        })
-        .collect::<Result<_>>()?;
+    let formats = crate::kernels::bias_formats_of(&w.codes, in_fmt)?;
     let b = Array1::from(bias.to_vec());
     let q = if formats.windows(2).all(|p| p[0] == p[1]) {
         Quantizer::<i32>::new(formats[0])?.quantize(b.view())?
@@ -1013,6 +1003,3 @@ impl From<ndarray::ShapeError> for Error {
         }
     }
 }
-
-#[allow(dead_code)]
-fn _axis(_: Axis) {}

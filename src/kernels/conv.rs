@@ -13,7 +13,7 @@ use super::{
     check_input_format, max_abs_code, reference,
 };
 use crate::error::{Error, Result};
-use crate::fixed::{Grid, QFormat, QTensor};
+use crate::fixed::{Grid, QFormat, QTensor, Storage};
 
 /// Convolution attributes (ONNX `Conv` / PyTorch `Conv2d` semantics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,10 +199,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         weights: &QTensor<W, Ix4>,
         input_format: QFormat,
     ) -> Result<Vec<QFormat>> {
-        let (_, wfmt) = effective_weights(weights)?;
-        wfmt.iter()
-            .map(|f| QFormat::signed(32, input_format.frac_bits() + f.frac_bits()))
-            .collect()
+        bias_formats_of(weights, input_format)
     }
 
     pub(crate) fn from_parts(
@@ -784,6 +781,28 @@ fn check_range<A: Activation8or16>(x: &[A], range: (i64, i64)) -> Result<()> {
 
 fn nchw(s: &[usize]) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
+}
+
+/// The accumulator formats a bias must use, one per output channel: signed 32-bit with
+/// n_x + n_w(o) fractional bits, mid-rise weights counted as their 2q+1 format. Shared by
+/// [`Conv2d::bias_formats`], [`super::Dense::bias_formats`] and the fixed-point network.
+pub(crate) fn bias_formats_of<W: Storage, D: RemoveAxis>(
+    weights: &QTensor<W, D>,
+    input_format: QFormat,
+) -> Result<Vec<QFormat>> {
+    if let Some(axis) = weights.channel_axis()
+        && axis != 0
+    {
+        return Err(Error::Unsupported(format!(
+            "per-channel weight formats along axis {axis}; only axis 0 (output channel) is supported"
+        )));
+    }
+    (0..weights.codes().shape()[0])
+        .map(|o| {
+            let f = weights.format_of_channel(o).as_mid_tread_odd()?;
+            QFormat::signed(32, input_format.frac_bits() + f.frac_bits())
+        })
+        .collect()
 }
 
 /// Effective weight codes (mid-rise as 2q+1) and formats, one per output channel.

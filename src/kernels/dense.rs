@@ -73,10 +73,7 @@ impl<A: Activation8or16, O: Activation8or16> Dense<A, O> {
         weights: &QTensor<W, Ix2>,
         input_format: QFormat,
     ) -> Result<Vec<QFormat>> {
-        let (_, wfmt) = effective_weights(weights)?;
-        wfmt.iter()
-            .map(|f| QFormat::signed(32, input_format.frac_bits() + f.frac_bits()))
-            .collect()
+        super::conv::bias_formats_of(weights, input_format)
     }
 
     /// The kernel this layer selected.

@@ -66,6 +66,7 @@ pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_64;
 
+pub(crate) use conv::bias_formats_of;
 pub use conv::{Conv2d, Conv2dParams};
 pub use dense::Dense;
 pub use eltwise::{MAX_ADD_FRAC_GAP, add};
