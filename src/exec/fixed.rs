@@ -84,13 +84,9 @@ impl Act {
         }
     }
     fn reshape(self, shape: &[usize]) -> Result<Act> {
-        fn r<T: Clone>(a: ArrayD<T>, shape: &[usize]) -> Result<ArrayD<T>> {
+        fn r<T: Copy + Default>(a: ArrayD<T>, shape: &[usize]) -> Result<ArrayD<T>> {
             let found = a.shape().to_vec();
-            let a = if a.is_standard_layout() {
-                a
-            } else {
-                a.as_standard_layout().into_owned()
-            };
+            let a = to_standard(a);
             a.into_shape_with_order(IxDyn(shape))
                 .map_err(|_| Error::ShapeMismatch {
                     what: "reshape of integer activations".into(),
@@ -104,6 +100,33 @@ impl Act {
             Act::I16(a, f) => Act::I16(r(a, shape)?, f),
         })
     }
+}
+
+/// The array in standard (row-major) layout. Channels-last activations (logical NCHW over NHWC memory,
+/// as the convolutions leave them) are transposed plane by plane rather than element by element.
+fn to_standard<T: Copy + Default>(a: ArrayD<T>) -> ArrayD<T> {
+    if a.is_standard_layout() {
+        return a;
+    }
+    if a.ndim() == 4 {
+        let v = a.view().permuted_axes(IxDyn(&[0, 2, 3, 1]));
+        if let Some(src) = v.as_slice() {
+            let s = a.shape();
+            let (c, hw) = (s[1], s[2] * s[3]);
+            let mut out = vec![T::default(); src.len()];
+            for (img, dst) in src.chunks_exact(c * hw).zip(out.chunks_exact_mut(c * hw)) {
+                for (p, px) in img.chunks_exact(c).enumerate() {
+                    for (ch, &v) in px.iter().enumerate() {
+                        dst[ch * hw + p] = v;
+                    }
+                }
+            }
+            if let Ok(o) = ArrayD::from_shape_vec(IxDyn(s), out) {
+                return o;
+            }
+        }
+    }
+    a.as_standard_layout().into_owned()
 }
 
 /// Generates a dispatch over the 3 × 3 (input, output) activation storage pairs of a layer.
@@ -835,13 +858,16 @@ fn any_dense_kernel(c: &AnyDense) -> KernelId {
 
 fn run_conv(c: &AnyConv, a: &Act, scratch: &mut Scratch) -> Result<Act> {
     let fmt_out = conv_out_format(c);
+    // Activations are logically NCHW; convolutions keep them NHWC in memory (an NCHW-shaped view
+    // with permuted strides), so consecutive layers and the max pools between them need no transposes.
+    // A one-channel NCHW input is already NHWC in memory; any other input is copied by the kernel.
     with_pair!(AnyConv, c, a, |l, x, wrap| {
         let x4 = x.view().into_dimensionality::<Ix4>()?;
         let s = x4.shape();
-        let shape = l.output_shape([s[0], s[1], s[2], s[3]])?;
-        let mut out = ndarray::Array4::default(shape);
-        l.forward_into(x4, out.view_mut(), scratch)?;
-        Ok(wrap(out.into_dyn(), fmt_out))
+        let [n, co, oh, ow] = l.output_shape([s[0], s[1], s[2], s[3]])?;
+        let mut out = ndarray::Array4::default([n, oh, ow, co]);
+        l.forward_nhwc_into(x4.permuted_axes([0, 2, 3, 1]), out.view_mut(), scratch)?;
+        Ok(wrap(out.permuted_axes([0, 3, 1, 2]).into_dyn(), fmt_out))
     })
 }
 

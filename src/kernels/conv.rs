@@ -763,11 +763,15 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
 /// bound holds for every accepted input.
 #[inline(always)]
 fn check_range<A: Activation8or16>(x: &[A], range: (i64, i64)) -> Result<()> {
-    let (mn, mx) = x.iter().fold((A::MAX, A::MIN), |(mn, mx), v| {
-        let c = v.to_code();
-        (mn.min(c), mx.max(c))
-    });
-    if !x.is_empty() && (mn < range.0 || mx > range.1) {
+    let Some(&first) = x.first() else {
+        return Ok(());
+    };
+    // Folded in the storage type (8- or 16-bit lanes), widened once at the end.
+    let (mn, mx) = x
+        .iter()
+        .fold((first, first), |(mn, mx), &v| (mn.min(v), mx.max(v)));
+    let (mn, mx) = (mn.to_code(), mx.to_code());
+    if mn < range.0 || mx > range.1 {
         return Err(Error::InvalidArgument {
             name: "input",
             reason: format!(

@@ -76,7 +76,7 @@ use crate::error::{Error, Result};
 use crate::fixed::{Grid, QFormat, Storage};
 
 /// Activation code types the kernels accept and produce: `i8`, `u8` and `i16`.
-pub trait Activation8or16: Storage + private::Sealed {
+pub trait Activation8or16: Storage + Ord + private::Sealed {
     /// The code widened to `i16` (the `vpmaddwd` paths).
     fn to_i16(self) -> i16;
     /// The code as `u8` for `vpdpbusd`: unchanged for `u8`, x+128 for `i8`. `None` for `i16`.

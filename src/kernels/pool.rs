@@ -110,12 +110,29 @@ pub fn max_pool2d<A: Activation8or16>(
 ) -> Result<QTensor<A, Ix4>> {
     let s = x.codes().shape();
     let (oh, ow) = p.out_hw(s[2], s[3])?;
+    let nhwc = x.codes().view().permuted_axes([0, 2, 3, 1]);
+    if let (Some(xs), [0, 0, 0, 0]) = (nhwc.as_slice(), p.padding) {
+        // Channels-last in memory: pool in that layout and return the same layout.
+        let mut out = Array4::<A>::default((s[0], oh, ow, s[1]));
+        if let Some(os) = out.as_slice_mut() {
+            max_pool_unpadded(xs, (s[0], s[2], s[3] * s[1]), s[1], &p, (oh, ow), os);
+        }
+        return Ok(QTensor::from_codes_trusted(
+            out.permuted_axes([0, 3, 1, 2]),
+            x.formats().to_vec(),
+            x.channel_axis(),
+        ));
+    }
     let mut out = Array4::<A>::default((s[0], s[1], oh, ow));
     // Flat, contiguous indexing (the 4-D index of each tap is the slow part otherwise).
     let xc = x.codes().as_standard_layout();
     let xs = xc.as_slice().unwrap_or(&[]);
     let (h, w) = (s[2], s[3]);
-    if let Some(os) = out.as_slice_mut() {
+    if p.padding == [0; 4] {
+        if let Some(os) = out.as_slice_mut() {
+            max_pool_unpadded(xs, (s[0] * s[1], h, w), 1, &p, (oh, ow), os);
+        }
+    } else if let Some(os) = out.as_slice_mut() {
         windows(s, &p, (oh, ow), |i, (y0, y1), (x0, x1)| {
             let plane = (i[0] * s[1] + i[1]) * h * w;
             let mut m = i64::MIN;
@@ -133,6 +150,48 @@ pub fn max_pool2d<A: Activation8or16>(
         x.formats().to_vec(),
         x.channel_axis(),
     ))
+}
+
+/// Max pooling without padding over `planes` contiguous planes of H rows, each row `w_el` elements
+/// holding W pixels of `c` interleaved channels (c = 1 for NCHW planes, C for NHWC images). For each
+/// output row: the element-wise maximum of the window's input rows (a vectorizable pass), then the
+/// maximum over each window's pixels of that row. Same result as the window-by-window loop.
+fn max_pool_unpadded<A: Activation8or16>(
+    xs: &[A],
+    (planes, h, w_el): (usize, usize, usize),
+    c: usize,
+    p: &Pool2dParams,
+    (oh, ow): (usize, usize),
+    os: &mut [A],
+) {
+    let [kh, kw] = p.kernel;
+    let [sh, sw] = p.stride;
+    let mut row = vec![A::default(); w_el];
+    let out_row = ow * c;
+    for (src, dst) in xs
+        .chunks_exact(h * w_el)
+        .zip(os.chunks_exact_mut(oh * out_row))
+        .take(planes)
+    {
+        for (oy, drow) in dst.chunks_exact_mut(out_row).enumerate() {
+            let y0 = oy * sh;
+            row.copy_from_slice(&src[y0 * w_el..][..w_el]);
+            for y in y0 + 1..y0 + kh {
+                for (r, &v) in row.iter_mut().zip(&src[y * w_el..][..w_el]) {
+                    *r = (*r).max(v);
+                }
+            }
+            for (ox, o) in drow.chunks_exact_mut(c).enumerate() {
+                let x0 = ox * sw * c;
+                o.copy_from_slice(&row[x0..x0 + c]);
+                for kx in 1..kw {
+                    for (o, &v) in o.iter_mut().zip(&row[x0 + kx * c..][..c]) {
+                        *o = (*o).max(v);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Average pooling to `output`: y = round(Σx·2^(n_y − n_x) / count), ties toward +∞ (module docs).
@@ -304,9 +363,33 @@ mod pool_tests {
 
     #[test]
     fn pools_match_brute_force() {
-        let t = x();
+        let a = x();
+        // The same codes transposed to 4×5 planes (odd width).
+        let b = QTensor::from_codes(
+            a.codes()
+                .view()
+                .permuted_axes([0, 1, 3, 2])
+                .as_standard_layout()
+                .into_owned(),
+            a.format(),
+        )
+        .unwrap();
+        for t in [a, b] {
+            check_pools(&t);
+        }
+    }
+
+    fn check_pools(t: &QTensor<i8, Ix4>) {
+        let t = t.clone();
         for p in [
             Pool2dParams::new(2, 2),
+            Pool2dParams::new(3, 1),
+            Pool2dParams::new(3, 2),
+            Pool2dParams {
+                kernel: [2, 3],
+                stride: [1, 2],
+                padding: [0; 4],
+            },
             Pool2dParams::new(3, 1).with_padding(1),
             Pool2dParams::new(3, 2).with_padding(2),
         ] {
@@ -315,6 +398,16 @@ mod pool_tests {
                 m.codes().iter().map(|&v| i64::from(v)).collect::<Vec<_>>(),
                 brute(&t, p, false, 2, true)
             );
+            // The same tensor held channels-last in memory pools to the same logical result.
+            let nhwc = t
+                .codes()
+                .view()
+                .permuted_axes([0, 2, 3, 1])
+                .as_standard_layout()
+                .into_owned()
+                .permuted_axes([0, 3, 1, 2]);
+            let tn = QTensor::from_codes(nhwc, t.format()).unwrap();
+            assert_eq!(max_pool2d(&tn, p).unwrap().codes(), m.codes(), "{p:?}");
             for incl in [false, true] {
                 for out_frac in [0, 2, 5] {
                     let st = OutputStage::new(QFormat::signed(8, out_frac).unwrap());
