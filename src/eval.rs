@@ -139,6 +139,9 @@ pub struct TensorReport {
     /// Measured: for weights, the quantized tensor against the float one; for activations, the
     /// fixed-point network's tensor against the float graph's (all upstream noise included), dB.
     pub measured_db: f64,
+    /// Output SQNR of the float graph with **only this tensor** quantized at its planned format(s),
+    /// on the probe images, dB: this term's measured contribution to Eq. 9 at the operating point.
+    pub alone_output_db: f64,
 }
 
 /// The result of evaluating one plan.
@@ -154,6 +157,10 @@ pub struct Evaluation {
     pub predicted_output_sqnr_db: f64,
     /// Measured output SQNR (fixed logits against float logits), dB.
     pub measured_output_sqnr_db: f64,
+    /// Eq. 9 over the terms measured one at a time at the plan's formats
+    /// ([`TensorReport::alone_output_db`]): 1/SQNR = Σ 1/SQNR_alone. Compared with
+    /// `measured_output_sqnr_db` it tests the additivity Eq. 9 assumes, free of the noise-gain model, dB.
+    pub operating_point_output_sqnr_db: f64,
     /// Per-tensor figures, weights first, then activations in graph order.
     pub tensors: Vec<TensorReport>,
 }
@@ -259,6 +266,7 @@ pub fn evaluate(
             predicted_db: wp.predicted_sqnr_db,
             predicted_cumulative_db: wp.predicted_sqnr_db,
             measured_db: measured,
+            alone_output_db: f64::NAN,
         });
     }
     // Activations: run the probe images through the fixed network and compare at every point.
@@ -321,14 +329,28 @@ pub fn evaluate(
                         "activation '{tensor}' was not observed in the fixed-point network"
                     ),
                 })?,
+            alone_output_db: f64::NAN,
         });
     }
+    let alone = plan::measure_terms(graph, plan, probe_in.view())?;
+    for t in tensors.iter_mut() {
+        let weights = t.kind == "weights";
+        if let Some(m) = alone
+            .iter()
+            .find(|m| m.name == t.name && m.weights == weights)
+        {
+            t.alone_output_db = m.output_db;
+        }
+    }
+    let dbs: Vec<f64> = alone.iter().map(|m| m.output_db).collect();
+    let operating_point_output_sqnr_db = sqnr::network_db(&dbs)?;
     Ok(Evaluation {
         accuracy,
         model_bits: plan.model_bits(),
         avg_bits: plan.avg_bits_per_param(),
         predicted_output_sqnr_db: plan.predicted_output_sqnr_db(),
         measured_output_sqnr_db,
+        operating_point_output_sqnr_db,
         tensors,
     })
 }

@@ -50,8 +50,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod operating;
+
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
+
+pub use operating::{TermMeasure, measure_terms, plan_at_operating_point, refine_gains};
 
 use ndarray::{Array2, ArrayD, Axis, Ix2};
 

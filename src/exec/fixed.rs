@@ -75,13 +75,14 @@ impl Act {
             Act::I16(a, _) => a.shape(),
         }
     }
+    /// Real values, in standard (row-major NCHW) layout whatever the codes' memory layout.
     fn dequantize(&self) -> ArrayD<f32> {
         let f = self.format();
-        match self {
+        to_standard(match self {
             Act::U8(a, _) => a.mapv(|q| f.value_of(i64::from(q)) as f32),
             Act::I8(a, _) => a.mapv(|q| f.value_of(i64::from(q)) as f32),
             Act::I16(a, _) => a.mapv(|q| f.value_of(i64::from(q)) as f32),
-        }
+        })
     }
     fn reshape(self, shape: &[usize]) -> Result<Act> {
         fn r<T: Copy + Default>(a: ArrayD<T>, shape: &[usize]) -> Result<ArrayD<T>> {
