@@ -602,14 +602,17 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         let g = &self.geom;
         let mut buf = std::mem::take(K::X::buffer(scratch));
         let mut taps = std::mem::take(&mut scratch.taps);
+        let mut pixels = std::mem::take(&mut scratch.pixels);
         let res = p.kernel().in_context(
             #[inline(always)]
             || {
                 check_range(x, range)?;
                 let chunks = p.fill_taps(g, d.w, &mut taps);
+                p.fill_pixels(g, d, &mut pixels);
                 let geo = TileGeo {
                     taps: &taps,
                     chunks,
+                    pixels: &pixels,
                 };
                 // One image at a time: its padded copy stays in cache while the tiles read it.
                 let one = CallDims { n: 1, ..*d };
@@ -624,6 +627,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         );
         *K::X::buffer(scratch) = buf;
         scratch.taps = taps;
+        scratch.pixels = pixels;
         res
     }
 

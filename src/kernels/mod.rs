@@ -298,6 +298,7 @@ pub struct Scratch {
     pub(crate) u8s: Vec<u8>,
     pub(crate) i16s: Vec<i16>,
     pub(crate) taps: Vec<usize>,
+    pub(crate) pixels: Vec<usize>,
 }
 
 impl Scratch {

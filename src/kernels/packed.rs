@@ -24,6 +24,9 @@ pub(crate) struct TileGeo<'a> {
     pub taps: &'a [usize],
     /// Number of KW-wide input-channel chunks per tap.
     pub chunks: usize,
+    /// Per output pixel j (row-major over OH × OW) of one image: the packed-input offset of its
+    /// window's top-left corner, group 0 (precomputed once per call instead of a division per pixel).
+    pub pixels: &'a [usize],
 }
 
 /// Packed activation element: `u8` (VNNI) or `i16` (`vpmaddwd`).
@@ -322,6 +325,7 @@ impl<K: MicroKernel> Packed<K> {
         let cp = g.groups * self.cg_pad;
         let how = d.oh * d.ow;
         let cog = g.cog();
+        let image = unit.n * hp * wp * cp;
         let mut offs = [0usize; MAX_MR];
         let mut acc = [0i32; MAX_MR * MAX_NR];
         let mut ys = [0i32; MAX_NR];
@@ -333,11 +337,8 @@ impl<K: MicroKernel> Packed<K> {
             let mut j = unit.j0;
             while j < unit.j1 {
                 let m = K::MR.min(unit.j1 - j);
-                for (p, o) in offs.iter_mut().take(m).enumerate() {
-                    let jj = j + p;
-                    let (oy, ox) = (jj / d.ow, jj % d.ow);
-                    *o = ((unit.n * hp + oy * g.stride[0]) * wp + ox * g.stride[1]) * cp
-                        + gi * self.cg_pad;
+                for (o, &px) in offs.iter_mut().zip(&geo.pixels[j..j + m]) {
+                    *o = image + px + gi * self.cg_pad;
                 }
                 self.k.tile(xbuf, &offs[..m], wblk, geo, &mut acc);
                 for p in 0..m {
@@ -380,5 +381,17 @@ impl<K: MicroKernel> Packed<K> {
             }
         }
         self.cg_pad / K::KW
+    }
+
+    /// Fills `pixels` with [`TileGeo::pixels`] for the call's sizes.
+    pub fn fill_pixels(&self, g: &Geom, d: &CallDims, pixels: &mut Vec<usize>) {
+        let wp = d.w + g.pad[1] + g.pad[3];
+        let cp = g.groups * self.cg_pad;
+        pixels.clear();
+        for oy in 0..d.oh {
+            for ox in 0..d.ow {
+                pixels.push((oy * g.stride[0] * wp + ox * g.stride[1]) * cp);
+            }
+        }
     }
 }
