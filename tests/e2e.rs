@@ -173,7 +173,7 @@ fn lenet_fixed_point_end_to_end() {
 #[test]
 fn eq9_over_terms_measured_alone_is_within_3_db_of_the_network() {
     let s = setup();
-    let mut per_tensor = |b: f64| {
+    let per_tensor = |b: f64| {
         let mut c = PlanConfig::fixq(Budget::AvgBitsPerParam(b)).with_gains(s.gains.clone());
         c.weight_bits = 2..=8;
         c
