@@ -251,12 +251,7 @@ pub fn evaluate(
     let mut tensors = Vec::new();
     let layers = plan::layer_weights(graph)?;
     for (wc, lw) in net.weights().iter().zip(&layers) {
-        let wp = plan
-            .weight(&lw.node)
-            .ok_or_else(|| Error::InvalidArgument {
-                name: "plan",
-                reason: format!("no weights for '{}'", lw.node),
-            })?;
+        let wp = plan.require_weight(&lw.node)?;
         let float = plan::matrix_to_shape(&lw.matrix, &lw.shape)?;
         let measured = sqnr::measure_db(as_slice(&float)?, as_slice(&wc.codes.dequantize())?)?;
         tensors.push(TensorReport {

@@ -307,6 +307,13 @@ impl QuantPlan {
     pub fn weight(&self, node: &str) -> Option<&WeightPlan> {
         self.weights.iter().find(|w| w.node == node)
     }
+    /// The weight plan of node `node`, or an error naming the node.
+    pub(crate) fn require_weight(&self, node: &str) -> Result<&WeightPlan> {
+        self.weight(node).ok_or_else(|| Error::InvalidArgument {
+            name: "plan",
+            reason: format!("the plan has no weights for node '{node}'"),
+        })
+    }
     /// The activation plan of tensor `tensor`.
     pub fn activation(&self, tensor: &str) -> Option<&ActivationPlan> {
         self.activations.iter().find(|a| a.tensor == tensor)

@@ -329,12 +329,7 @@ impl FixedNetwork {
             None => layers
                 .iter()
                 .map(|lw| {
-                    let wp = plan
-                        .weight(&lw.node)
-                        .ok_or_else(|| Error::InvalidArgument {
-                            name: "plan",
-                            reason: format!("the plan has no weights for node '{}'", lw.node),
-                        })?;
+                    let wp = plan.require_weight(&lw.node)?;
                     let w = plan::matrix_to_shape(&lw.matrix, &lw.shape)?;
                     let q = if wp.formats.len() == 1 {
                         Quantizer::<i8>::new(wp.formats[0])?.quantize(w.view())?

@@ -66,12 +66,7 @@ pub fn measure_terms(
     };
     let mut out = Vec::new();
     for lw in layer_weights(graph)? {
-        let wp = plan
-            .weight(&lw.node)
-            .ok_or_else(|| Error::InvalidArgument {
-                name: "plan",
-                reason: format!("the plan has no weights for node '{}'", lw.node),
-            })?;
+        let wp = plan.require_weight(&lw.node)?;
         let rows = lw.matrix.nrows();
         if wp.formats.len() != 1 && wp.formats.len() != rows {
             return Err(Error::InvalidArgument {
