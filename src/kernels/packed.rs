@@ -354,13 +354,13 @@ impl<K: MicroKernel> Packed<K> {
                         Layout::Nhwc => {
                             let at = (unit.n * how + jj) * g.c_out + oc0 - out_base;
                             for (o, &y) in out[at..at + nr_valid].iter_mut().zip(ys.iter()) {
-                                *o = O::from_code(i64::from(y));
+                                *o = O::from_i32(y);
                             }
                         }
                         Layout::Nchw => {
                             let at = (unit.n * g.c_out + oc0) * how + jj - out_base;
                             for (o, &y) in out[at..].iter_mut().step_by(how).zip(ys.iter()) {
-                                *o = O::from_code(i64::from(y));
+                                *o = O::from_i32(y);
                             }
                         }
                     }
