@@ -609,11 +609,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
                 check_range(x, range)?;
                 let chunks = p.fill_taps(g, d.w, &mut taps);
                 p.fill_pixels(g, d, &mut pixels);
-                let geo = TileGeo {
-                    taps: &taps,
-                    chunks,
-                    pixels: &pixels,
-                };
+                let geo = TileGeo::new(&taps, chunks, &pixels);
                 // One image at a time: its padded copy stays in cache while the tiles read it.
                 let one = CallDims { n: 1, ..*d };
                 let per_in = g.c_in * d.h * d.w;

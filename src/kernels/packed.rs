@@ -27,6 +27,25 @@ pub(crate) struct TileGeo<'a> {
     /// Per output pixel j (row-major over OH × OW) of one image: the packed-input offset of its
     /// window's top-left corner, group 0 (precomputed once per call instead of a division per pixel).
     pub pixels: &'a [usize],
+    /// The largest entry of `taps` (0 if none); set only by [`TileGeo::new`], so the micro-kernels'
+    /// bounds check can trust it.
+    max_tap: usize,
+}
+
+impl<'a> TileGeo<'a> {
+    pub fn new(taps: &'a [usize], chunks: usize, pixels: &'a [usize]) -> Self {
+        let max_tap = taps.iter().copied().max().unwrap_or(0);
+        Self {
+            taps,
+            chunks,
+            pixels,
+            max_tap,
+        }
+    }
+    /// The largest tap offset.
+    pub fn max_tap(&self) -> usize {
+        self.max_tap
+    }
 }
 
 /// Packed activation element: `u8` (VNNI) or `i16` (`vpmaddwd`).

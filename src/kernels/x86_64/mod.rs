@@ -32,7 +32,7 @@ fn in_bounds<X, W>(
     (mr, nr, kw): (usize, usize, usize),
 ) -> bool {
     let max_off = offs.iter().copied().max().unwrap_or(0);
-    let max_tap = geo.taps.iter().copied().max().unwrap_or(0);
+    let max_tap = geo.max_tap();
     (1..=mr).contains(&offs.len())
         && acc.len() >= offs.len() * nr
         && w.len() >= geo.taps.len() * geo.chunks * nr * kw
