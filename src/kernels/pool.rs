@@ -99,7 +99,9 @@ fn windows(
     }
 }
 
-/// Max pooling; padding never wins (it counts as −∞). The output keeps the input's format(s).
+/// Max pooling; padding never wins (it counts as −∞). The output keeps the input's format(s) and its
+/// memory layout: codes held channels-last (an NCHW-shaped array whose memory is NHWC, as
+/// [`crate::exec::FixedNetwork`] keeps them between layers) are pooled in place in that layout.
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] for zero windows/strides or padding ≥ window; [`Error::ShapeMismatch`]
