@@ -22,7 +22,7 @@
 //! * [`alloc`] — [`allocate_bits`]: exact bit allocation for an SQNR target or a size budget (Eq. 11).
 //! * [`kernels`] — integer kernels: [`kernels::Conv2d`], [`kernels::Dense`], pooling, residual add,
 //!   with x86-64 SIMD paths bit-exact to a scalar reference.
-//! * [`graph`], [`exec`], `onnx` — ONNX import ([`Graph::from_onnx_file`]), the float reference
+//! * [`graph`], [`exec`], `onnx` — ONNX import (`Graph::from_onnx_file`, feature `onnx`), the float reference
 //!   executor and the fixed-point network ([`exec::FixedNetwork`]).
 //! * [`calib`], [`plan`], [`eval`], [`pack`] — calibration, the [`plan::QuantPlan`], measurement on
 //!   real data, and bit-packed weight files.

@@ -220,7 +220,7 @@ impl WeightPlan {
     /// Format of output channel `c`.
     ///
     /// A per-tensor plan answers its one format for every channel. Plans made by [`plan`] or read by
-    /// [`QuantPlan::from_json`] hold at least one format; a hand-built one with none answers the signed
+    /// `QuantPlan::from_json` (feature `serde`) hold at least one format; a hand-built one with none answers the signed
     /// 8-bit integer format.
     pub fn format_of_channel(&self, c: usize) -> QFormat {
         self.formats
