@@ -1083,7 +1083,12 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
     }
     for ((w, own), term) in weights.iter_mut().zip(&own_by_layer).zip(&term_by_layer) {
         w.predicted_sqnr_db = (-sqnr::linear_to_db(*own)).min(sqnr::CURVE_CAP_DB);
-        w.gain_db = sqnr::linear_to_db(term / own);
+        // Weights that quantize exactly (already on the grid) have no noise for a gain to act on.
+        w.gain_db = if *own > 0.0 {
+            sqnr::linear_to_db(term / own)
+        } else {
+            0.0
+        };
     }
     let mut terms: Vec<f64> = weights
         .iter()

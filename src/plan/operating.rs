@@ -32,7 +32,8 @@ pub struct TermMeasure {
     pub name: String,
     /// Whether the term is a weight tensor.
     pub weights: bool,
-    /// Output SQNR of the float graph with only this tensor quantized, dB.
+    /// Output SQNR of the float graph with only this tensor quantized, dB (at most
+    /// [`sqnr::CURVE_CAP_DB`], for a tensor whose quantization leaves the output unchanged).
     pub output_db: f64,
 }
 
@@ -60,9 +61,10 @@ pub fn measure_terms(
     let exec = FloatExecutor::new(graph);
     let clean = exec.run(probe.view())?;
     let clean_s: Vec<f32> = clean.iter().copied().collect();
+    // A tensor whose quantization leaves the output bit-identical measures +∞; cap it like curves.
     let db_of = |out: &ArrayD<f32>| -> Result<f64> {
         let o: Vec<f32> = out.iter().copied().collect();
-        sqnr::measure_db(&clean_s, &o)
+        Ok(sqnr::measure_db(&clean_s, &o)?.min(sqnr::CURVE_CAP_DB))
     };
     let mut out = Vec::new();
     for lw in layer_weights(graph)? {
@@ -205,4 +207,94 @@ pub fn plan_at_operating_point(
         }
     }
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{Array2, ArrayD, IxDyn};
+
+    use super::*;
+    use crate::Budget;
+    use crate::graph::{Node, Op, TensorInfo};
+
+    /// y = relu(x Wᵀ + b) with weights on the 1/8 grid, which 8-bit weights represent exactly.
+    fn exact_weights_graph() -> Graph {
+        let w = Array2::from_shape_fn((4, 8), |(o, i)| ((o * 8 + i) % 15) as f32 / 8.0 - 0.875)
+            .into_dyn();
+        let b = ArrayD::from_elem(IxDyn(&[4]), 0.25f32);
+        let input = TensorInfo {
+            name: "x".into(),
+            shape: vec![None, Some(8)],
+        };
+        let gemm = Node {
+            name: "fc".into(),
+            op: Op::Gemm {
+                alpha: 1.0,
+                beta: 1.0,
+                trans_a: false,
+                trans_b: true,
+            },
+            inputs: vec!["x".into(), "w".into(), "b".into()],
+            output: "h".into(),
+        };
+        let relu = Node {
+            name: "relu".into(),
+            op: Op::Relu,
+            inputs: vec!["h".into()],
+            output: "y".into(),
+        };
+        Graph::new(
+            input,
+            "y",
+            vec![gemm, relu],
+            vec![("w".into(), w), ("b".into(), b)],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_term_that_changes_nothing_is_capped_and_refines_to_finite_gains() {
+        let graph = exact_weights_graph();
+        let exec = FloatExecutor::new(&graph);
+        let x = Array2::from_shape_fn((64, 8), |(n, i)| ((n * 8 + i) as f32 * 0.91).cos().abs())
+            .into_dyn();
+        let mut cal = Calibration::new();
+        cal.observe(&exec, x.view()).unwrap();
+        let gains = super::super::noise_gains(&graph, x.view(), 3).unwrap();
+        let cfg = PlanConfig::equal(8).with_gains(gains.clone());
+        let p = plan(&graph, &cal, &cfg).unwrap();
+        // Exact weights: no noise, so no gain (this planned to a NaN gain before).
+        assert_eq!(p.weight("fc").unwrap().gain_db, 0.0);
+        assert!(p.predicted_output_sqnr_db().is_finite());
+        let terms = measure_terms(&graph, &p, x.view()).unwrap();
+        let w = terms.iter().find(|t| t.weights).unwrap();
+        assert_eq!(w.name, "fc");
+        assert_eq!(
+            w.output_db,
+            sqnr::CURVE_CAP_DB,
+            "8-bit weights on the 1/8 grid are exact"
+        );
+        // The activations are not exact: finite, below the cap.
+        assert!(
+            terms
+                .iter()
+                .filter(|t| !t.weights)
+                .any(|t| t.output_db < 200.0)
+        );
+        let g = refine_gains(&gains, &p, &terms).unwrap();
+        assert!(g.weights.iter().all(|(_, db)| db.is_finite()));
+        let p2 = plan_at_operating_point(&graph, &cal, &cfg, x.view(), 2).unwrap();
+        assert!(p2.predicted_output_sqnr_db().is_finite());
+        // Without measured gains there is nothing to refine.
+        assert!(
+            plan_at_operating_point(
+                &graph,
+                &cal,
+                &PlanConfig::fixq(Budget::AvgBitsPerParam(8.0)),
+                x.view(),
+                1
+            )
+            .is_err()
+        );
+    }
 }
