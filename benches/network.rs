@@ -5,7 +5,9 @@
 //! Run: `taskset -c 0 cargo bench --bench network`.
 
 use std::hint::black_box;
-use std::path::PathBuf;
+#[path = "../tests/shared/mod.rs"]
+mod shared;
+
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -13,18 +15,7 @@ use fixq::eval::Dataset;
 use fixq::exec::{FixedNetwork, FloatExecutor};
 use fixq::plan::{self, Granularity, PlanConfig};
 use fixq::{Budget, Graph, Grid};
-
-fn shared(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: this benchmark needs ../shared beside the crate",
-        p.display()
-    );
-    p
-}
+use shared::shared;
 
 fn lenet(c: &mut Criterion) {
     let graph = Graph::from_onnx_file(shared("models/lenet5_mnist.onnx")).unwrap();

@@ -7,10 +7,12 @@
 //!
 //! `cargo run --release --example eq9_terms -- ../shared [TEST_IMAGES]`
 
+mod common;
+
 use fixq::eval::{self, Dataset};
 use fixq::exec::FloatExecutor;
-use fixq::plan::{self, Granularity, PlanConfig};
-use fixq::{Budget, Graph, Grid};
+use fixq::plan;
+use fixq::{Budget, Graph};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -32,14 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     for per_channel in [false, true] {
         for b in [2.0, 2.25, 2.5, 3.0, 3.2, 4.0] {
-            let mut c = PlanConfig::fixq(Budget::AvgBitsPerParam(b)).with_gains(gains.clone());
-            if per_channel {
-                c.granularity = Granularity::PerChannel;
-                c.weight_grid = Grid::MidRise;
-                c.weight_bits = 1..=7;
-            } else {
-                c.weight_bits = 2..=8;
-            }
+            let c = common::fixq_config(Budget::AvgBitsPerParam(b), &gains, per_channel);
             for refine in [false, true] {
                 let p = if refine {
                     plan::plan_at_operating_point(&graph, &cal, &c, probe.view(), 3)?

@@ -16,13 +16,16 @@
 //! accuracy-vs-weight-bits table and writes it as an SVG plot, writes the chosen plan's weights
 //! bit-packed and checks that they read back to the same network.
 
+mod common;
+
 use std::io::Write;
 use std::time::Instant;
 
+use common::fixq_config;
 use fixq::eval::{self, Dataset, Evaluation};
 use fixq::exec::{FixedNetwork, FloatExecutor};
-use fixq::plan::{self, Granularity, PlanConfig, QuantPlan};
-use fixq::{Budget, Graph, Grid, pack};
+use fixq::plan::{self, PlanConfig, QuantPlan};
+use fixq::{Budget, Graph, pack};
 use plotters::prelude::*;
 
 struct Args {
@@ -253,20 +256,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Rounds of gain refinement at the operating point (`plan::plan_at_operating_point`).
 const ROUNDS: usize = 3;
-
-/// fixq's method: per-tensor two's complement weights in 2..=8 bits, or per-channel mid-rise weights in
-/// 1..=7 bits; measured curves with noise gains; exact allocation.
-fn fixq_config(budget: Budget, gains: &plan::NoiseGains, per_channel: bool) -> PlanConfig {
-    let mut c = PlanConfig::fixq(budget).with_gains(gains.clone());
-    if per_channel {
-        c.granularity = Granularity::PerChannel;
-        c.weight_grid = Grid::MidRise;
-        c.weight_bits = 1..=7;
-    } else {
-        c.weight_bits = 2..=8;
-    }
-    c
-}
 
 fn progress(what: &str, done: u64, total: u64) {
     let width = 40;

@@ -3,7 +3,7 @@
 //! `rayon`) and across the SIMD and scalar reference kernels, on the digits CNN and on LeNet-5 (from
 //! `../shared`; the LeNet test fails loudly if it is missing).
 
-use std::path::PathBuf;
+mod shared;
 
 use fixq::eval::Dataset;
 use fixq::exec::{FixedNetwork, FloatExecutor};
@@ -11,6 +11,7 @@ use fixq::kernels::KernelChoice;
 use fixq::plan::{self, CurveSource, Granularity, PlanConfig, QuantPlan, StepRule};
 use fixq::{Budget, Graph, Grid};
 use ndarray::ArrayD;
+use shared::shared;
 
 struct Case {
     graph: Graph,
@@ -34,18 +35,6 @@ fn digits() -> Case {
         calib: data("train", 200),
         test: data("test", 100),
     }
-}
-
-fn shared(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: the LeNet-5 determinism test needs ../shared beside the crate",
-        p.display()
-    );
-    p
 }
 
 fn lenet() -> Case {
@@ -155,4 +144,85 @@ fn digits_plan_and_outputs_are_deterministic() {
 #[test]
 fn lenet_plan_and_outputs_are_deterministic() {
     check(&lenet(), false);
+}
+
+/// The average-pooling steps of the fixed network (windowed and global, each between integer layers)
+/// run, agree between the SIMD and reference kernels, and track the float graph.
+#[test]
+fn average_pools_in_the_fixed_network() {
+    use fixq::graph::{Node, Op, Pool2d, TensorInfo};
+    use ndarray::{Array2, Array4};
+    let node = |name: &str, op: Op, inputs: &[&str]| Node {
+        name: name.into(),
+        op,
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        output: name.into(),
+    };
+    let w1 = Array4::from_shape_fn((6, 2, 3, 3), |(o, i, y, x)| {
+        ((o * 18 + i * 9 + y * 3 + x) as f32 * 0.71).sin() * 0.4
+    });
+    let w2 = Array2::from_shape_fn((3, 6), |(o, i)| ((o * 6 + i) as f32 * 1.3).cos() * 0.5);
+    let pool = Pool2d {
+        kernel: [2, 2],
+        stride: [2, 2],
+        pad: [0; 4],
+        dilation: [1, 1],
+        ceil_mode: false,
+    };
+    let conv = Op::Conv {
+        stride: [1, 1],
+        pad: [1; 4],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let gemm = Op::Gemm {
+        alpha: 1.0,
+        beta: 1.0,
+        trans_a: false,
+        trans_b: true,
+    };
+    let graph = Graph::new(
+        TensorInfo {
+            name: "x".into(),
+            shape: vec![None, Some(2), Some(8), Some(8)],
+        },
+        "fc",
+        vec![
+            node("conv", conv, &["x", "w1"]),
+            node("relu", Op::Relu, &["conv"]),
+            node(
+                "avg",
+                Op::AveragePool {
+                    pool,
+                    count_include_pad: false,
+                },
+                &["relu"],
+            ),
+            node("gap", Op::GlobalAveragePool, &["avg"]),
+            node("flat", Op::Flatten { axis: 1 }, &["gap"]),
+            node("fc", gemm, &["flat", "w2"]),
+        ],
+        vec![("w1".into(), w1.into_dyn()), ("w2".into(), w2.into_dyn())],
+    )
+    .unwrap();
+    let x = Array4::from_shape_fn((16, 2, 8, 8), |(n, c, y, x)| {
+        ((n * 128 + c * 64 + y * 8 + x) as f32 * 0.37).cos()
+    })
+    .into_dyn();
+    let exec = FloatExecutor::new(&graph);
+    let mut cal = fixq::calib::Calibration::new();
+    cal.observe(&exec, x.view()).unwrap();
+    let p = plan::plan(&graph, &cal, &PlanConfig::equal(8)).unwrap();
+    let auto = FixedNetwork::new(&graph, &p)
+        .unwrap()
+        .run(x.view())
+        .unwrap();
+    let reference = FixedNetwork::with_options(&graph, &p, None, KernelChoice::Reference)
+        .unwrap()
+        .run(x.view())
+        .unwrap();
+    assert_eq!(auto, reference);
+    let float = exec.run(x.view()).unwrap();
+    let db = fixq::sqnr::measure_db(float.as_slice().unwrap(), auto.as_slice().unwrap()).unwrap();
+    assert!(db > 20.0, "fixed vs float {db} dB");
 }

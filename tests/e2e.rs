@@ -1,7 +1,7 @@
 //! End to end on the real LeNet-5 and MNIST from `../shared` (a 1,000-image subset, to stay fast in CI;
 //! `examples/quantize_model.rs` runs all 10,000). Fails loudly if `../shared` is missing.
 
-use std::path::PathBuf;
+mod shared;
 
 use fixq::calib::Calibration;
 use fixq::eval::{self, Dataset};
@@ -9,18 +9,7 @@ use fixq::exec::{FixedNetwork, FloatExecutor};
 use fixq::kernels::KernelChoice;
 use fixq::plan::{self, Granularity, PlanConfig};
 use fixq::{Budget, Graph, Grid, pack};
-
-fn shared(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: these tests need the shared LeNet-5 model and MNIST data at ../shared beside the crate",
-        p.display()
-    );
-    p
-}
+use shared::shared;
 
 struct Setup {
     graph: Graph,

@@ -216,6 +216,41 @@ macro_rules! with_pair {
     };
 }
 
+/// The output of a pooling kernel with output storage `$O`, as an activation in stage `$o`'s format:
+/// `$call` sees the input codes as `$t`.
+macro_rules! pool_out {
+    ($t:ident = $codes:expr, $o:ident, $O:ident, $call:expr) => {{
+        let $t = $codes;
+        match kind_of($o.format)? {
+            Kind::U8 => {
+                type $O = u8;
+                Act::U8($call?.into_codes().into_dyn(), $o.format)
+            }
+            Kind::I8 => {
+                type $O = i8;
+                Act::I8($call?.into_codes().into_dyn(), $o.format)
+            }
+            Kind::I16 => {
+                type $O = i16;
+                Act::I16($call?.into_codes().into_dyn(), $o.format)
+            }
+        }
+    }};
+}
+
+/// Runs a pooling kernel over every (input, output) storage pair: `$call` sees the input codes as
+/// `$t` (a `QTensor<_, Ix4>`) and the output storage as the type `$O`; the result is an [`Act`] in
+/// stage `$o`'s format.
+macro_rules! pool_pairs {
+    ($a:expr, $o:ident, |$t:ident, $O:ident| $call:expr) => {
+        match $a {
+            Act::U8(c, f) => pool_out!($t = to_q4(c, f)?, $o, $O, $call),
+            Act::I8(c, f) => pool_out!($t = to_q4(c, f)?, $o, $O, $call),
+            Act::I16(c, f) => pool_out!($t = to_q4(c, f)?, $o, $O, $call),
+        }
+    };
+}
+
 /// One prepared step of the integer network.
 #[derive(Debug, Clone)]
 enum Step {
@@ -648,104 +683,19 @@ impl FixedNetwork {
                     pool,
                     count_include_pad,
                     out,
-                } => pool_any(owned(&mut slots)?, *out, |x, o| {
-                    match (x, kind_of(o.format)?) {
-                        (PoolIn::U8(t), Kind::U8) => Ok(Act::U8(
-                            avg_pool2d::<u8, u8>(&t, *pool, *count_include_pad, o)?
-                                .into_codes()
-                                .into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::U8(t), Kind::I8) => Ok(Act::I8(
-                            avg_pool2d::<u8, i8>(&t, *pool, *count_include_pad, o)?
-                                .into_codes()
-                                .into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::U8(t), Kind::I16) => Ok(Act::I16(
-                            avg_pool2d::<u8, i16>(&t, *pool, *count_include_pad, o)?
-                                .into_codes()
-                                .into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::I8(t), Kind::U8) => Ok(Act::U8(
-                            avg_pool2d::<i8, u8>(&t, *pool, *count_include_pad, o)?
-                                .into_codes()
-                                .into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::I8(t), Kind::I8) => Ok(Act::I8(
-                            avg_pool2d::<i8, i8>(&t, *pool, *count_include_pad, o)?
-                                .into_codes()
-                                .into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::I8(t), Kind::I16) => Ok(Act::I16(
-                            avg_pool2d::<i8, i16>(&t, *pool, *count_include_pad, o)?
-                                .into_codes()
-                                .into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::I16(t), Kind::U8) => Ok(Act::U8(
-                            avg_pool2d::<i16, u8>(&t, *pool, *count_include_pad, o)?
-                                .into_codes()
-                                .into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::I16(t), Kind::I8) => Ok(Act::I8(
-                            avg_pool2d::<i16, i8>(&t, *pool, *count_include_pad, o)?
-                                .into_codes()
-                                .into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::I16(t), Kind::I16) => Ok(Act::I16(
-                            avg_pool2d::<i16, i16>(&t, *pool, *count_include_pad, o)?
-                                .into_codes()
-                                .into_dyn(),
-                            o.format,
-                        )),
-                    }
-                })?,
-                Step::GlobalAvgPool(o) => pool_any(owned(&mut slots)?, *o, |x, o| {
-                    match (x, kind_of(o.format)?) {
-                        (PoolIn::U8(t), Kind::U8) => Ok(Act::U8(
-                            global_avg_pool::<u8, u8>(&t, o)?.into_codes().into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::U8(t), Kind::I8) => Ok(Act::I8(
-                            global_avg_pool::<u8, i8>(&t, o)?.into_codes().into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::U8(t), Kind::I16) => Ok(Act::I16(
-                            global_avg_pool::<u8, i16>(&t, o)?.into_codes().into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::I8(t), Kind::U8) => Ok(Act::U8(
-                            global_avg_pool::<i8, u8>(&t, o)?.into_codes().into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::I8(t), Kind::I8) => Ok(Act::I8(
-                            global_avg_pool::<i8, i8>(&t, o)?.into_codes().into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::I8(t), Kind::I16) => Ok(Act::I16(
-                            global_avg_pool::<i8, i16>(&t, o)?.into_codes().into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::I16(t), Kind::U8) => Ok(Act::U8(
-                            global_avg_pool::<i16, u8>(&t, o)?.into_codes().into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::I16(t), Kind::I8) => Ok(Act::I8(
-                            global_avg_pool::<i16, i8>(&t, o)?.into_codes().into_dyn(),
-                            o.format,
-                        )),
-                        (PoolIn::I16(t), Kind::I16) => Ok(Act::I16(
-                            global_avg_pool::<i16, i16>(&t, o)?.into_codes().into_dyn(),
-                            o.format,
-                        )),
-                    }
-                })?,
+                } => {
+                    let o = *out;
+                    pool_pairs!(owned(&mut slots)?, o, |t, O| avg_pool2d::<_, O>(
+                        &t,
+                        *pool,
+                        *count_include_pad,
+                        o
+                    ))
+                }
+                Step::GlobalAvgPool(o) => {
+                    let o = *o;
+                    pool_pairs!(owned(&mut slots)?, o, |t, O| global_avg_pool::<_, O>(&t, o))
+                }
                 Step::Requantize(o) => requantize(slots[s0].as_ref().ok_or_else(missing)?, *o)?,
                 Step::Add(o) => {
                     let a = slots[s0].as_ref().ok_or_else(missing)?;
@@ -896,12 +846,6 @@ fn run_dense(
     })
 }
 
-enum PoolIn {
-    U8(QTensor<u8, Ix4>),
-    I8(QTensor<i8, Ix4>),
-    I16(QTensor<i16, Ix4>),
-}
-
 /// Activations between steps were produced by the kernels in their format, so they need no range scan.
 fn to_q4<T: Storage>(a: ArrayD<T>, f: QFormat) -> Result<QTensor<T, Ix4>> {
     Ok(QTensor::from_codes_trusted(
@@ -909,19 +853,6 @@ fn to_q4<T: Storage>(a: ArrayD<T>, f: QFormat) -> Result<QTensor<T, Ix4>> {
         vec![f],
         None,
     ))
-}
-
-fn pool_any(
-    a: Act,
-    o: OutputStage,
-    f: impl FnOnce(PoolIn, OutputStage) -> Result<Act>,
-) -> Result<Act> {
-    let x = match a {
-        Act::U8(c, fm) => PoolIn::U8(to_q4(c, fm)?),
-        Act::I8(c, fm) => PoolIn::I8(to_q4(c, fm)?),
-        Act::I16(c, fm) => PoolIn::I16(to_q4(c, fm)?),
-    };
-    f(x, o)
 }
 
 fn map4(
