@@ -122,7 +122,7 @@ impl FitAccumulator {
     pub fn push_slice(&mut self, data: &[f32]) -> Result<()> {
         let mut local = Self::new();
         for (ci, chunk) in data.chunks(CHUNK).enumerate() {
-            match crate::simd::fit_chunk(chunk) {
+            match crate::arch::run_best(ChunkStats(chunk)) {
                 Some(part) => local.s.merge(&part),
                 None => {
                     let i = chunk.iter().position(|v| !v.is_finite()).unwrap_or(0);
@@ -268,8 +268,19 @@ impl Part {
     }
 }
 
+/// [`chunk_f32`] as a loop body that [`crate::arch::run_best`] compiles per ISA.
+pub(crate) struct ChunkStats<'a>(pub &'a [f32]);
+
+impl crate::arch::Body for ChunkStats<'_> {
+    type Output = Option<Part>;
+    #[inline(always)]
+    fn run(self) -> Option<Part> {
+        chunk_f32(self.0)
+    }
+}
+
 /// Chunk statistics for f32 data in lane-parallel form (the compiler vectorises the lane arrays;
-/// [`crate::simd`] compiles it per ISA). Returns `None` if the chunk holds a non-finite value.
+/// [`ChunkStats`] compiles it per ISA). Returns `None` if the chunk holds a non-finite value.
 ///
 /// One pass: powers of d = x − K about a shift K (the mean of the first 64 values, within a fraction of
 /// σ of the chunk mean, so f32 sums keep their precision), |x|, extrema, and ln|x| as the sum of

@@ -77,6 +77,12 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// An internal invariant failed (a bug in fixq: please report it with the message).
+    #[error("internal error: {reason}")]
+    Internal {
+        /// The invariant that failed.
+        reason: String,
+    },
     /// An I/O error, with the path involved.
     #[error("I/O error on {path}: {source}")]
     Io {

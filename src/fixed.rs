@@ -823,7 +823,8 @@ fn round_clamped(s: f32, lo: f32, hi: f32, sat: &mut u32) -> i32 {
 }
 
 /// The vectorisable body of nearest-even quantization of one chunk: codes into `os`, returns
-/// (any non-finite input, saturated count). Written once; [`crate::simd`] compiles it per ISA.
+/// (any non-finite input, saturated count). Written once; [`crate::arch::run_best`] compiles it per
+/// ISA through [`QuantizeNearest`].
 #[inline(always)]
 pub(crate) fn quantize_nearest_body<T: Storage>(
     xs: &[f32],
@@ -852,6 +853,24 @@ pub(crate) fn quantize_nearest_body<T: Storage>(
     (bad != 0, sat.iter().map(|&s| u64::from(s)).sum())
 }
 
+/// [`quantize_nearest_body`] as a loop body for [`crate::arch::run_best`].
+pub(crate) struct QuantizeNearest<'a, T> {
+    pub xs: &'a [f32],
+    pub os: &'a mut [T],
+    pub scale: f32,
+    pub off: f32,
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl<T: Storage> crate::arch::Body for QuantizeNearest<'_, T> {
+    type Output = (bool, u64);
+    #[inline(always)]
+    fn run(self) -> (bool, u64) {
+        quantize_nearest_body(self.xs, self.os, self.scale, self.off, self.lo, self.hi)
+    }
+}
+
 /// Quantizes a contiguous slice; returns the number of saturated values.
 fn quantize_slice<T: Storage>(
     xs: &[f32],
@@ -871,7 +890,14 @@ fn quantize_slice<T: Storage>(
         let mut saturated = 0u64;
         const CHUNK: usize = 1024;
         for (ci, (xc, oc)) in xs.chunks(CHUNK).zip(os.chunks_mut(CHUNK)).enumerate() {
-            let (bad, sat) = crate::simd::quantize_nearest(xc, oc, scale, off, lo_f, hi_f);
+            let (bad, sat) = crate::arch::run_best(QuantizeNearest {
+                xs: xc,
+                os: oc,
+                scale,
+                off,
+                lo: lo_f,
+                hi: hi_f,
+            });
             if bad {
                 let index = xc.iter().position(|v| !v.is_finite()).unwrap_or(0);
                 return Err(Error::NonFinite {
@@ -1052,6 +1078,48 @@ mod tests {
                 m += u64::from(s);
             }
             assert_eq!(n, m);
+        }
+    }
+}
+
+#[cfg(test)]
+mod isa_tests {
+    use super::QuantizeNearest;
+    use crate::arch::run_best;
+    use crate::dist::ChunkStats;
+
+    #[test]
+    fn isa_compilations_are_bit_identical() {
+        let xs: Vec<f32> = (0..10_000)
+            .map(|i| ((i as f32) * 0.7131).sin() * 40.0 + if i % 17 == 0 { 0.0 } else { 0.1 })
+            .collect();
+        let portable = crate::dist::chunk_f32(&xs[..4093]).unwrap();
+        let fast = run_best(ChunkStats(&xs[..4093])).unwrap();
+        assert_eq!(format!("{portable:?}"), format!("{fast:?}"));
+        let mut a = vec![0i8; xs.len()];
+        let mut b = vec![0i8; xs.len()];
+        let r1 = crate::fixed::quantize_nearest_body(&xs, &mut a, 0.5, 0.0, -128.0, 127.0);
+        let r2 = run_best(QuantizeNearest {
+            xs: &xs,
+            os: &mut b,
+            scale: 0.5,
+            off: 0.0,
+            lo: -128.0,
+            hi: 127.0,
+        });
+        assert_eq!(r1, r2);
+        assert_eq!(a, b);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_path_runs_where_available() {
+        // The project machine has AVX2 + FMA: CI must not silently test only the portable path.
+        if std::env::var_os("CI").is_some() {
+            assert!(
+                crate::arch::numerics_isa() == "avx2+fma",
+                "CI machine lacks AVX2/FMA: the fast numerics path is untested"
+            );
         }
     }
 }

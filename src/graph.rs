@@ -583,4 +583,8 @@ fn check_attributes(node: &Node) -> Result<()> {
     }
 }
 
+mod query;
 pub(crate) mod shape;
+
+pub use query::activation_points;
+pub(crate) use query::{layer_weights, matrix_to_shape};

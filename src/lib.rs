@@ -38,8 +38,11 @@
 //! See `docs/design.md` for the map of modules and data flow.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod alloc;
+pub mod arch;
 pub mod calib;
 pub mod dist;
 pub mod error;
@@ -53,7 +56,7 @@ pub mod kernels;
 mod onnx;
 pub mod pack;
 pub mod plan;
-mod simd;
+pub mod quant_plan;
 pub mod sqnr;
 pub mod table;
 #[cfg(feature = "proptest")]

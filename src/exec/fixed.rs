@@ -27,12 +27,13 @@ use ndarray::{Array1, ArrayD, ArrayViewD, Ix1, Ix2, Ix4, IxDyn};
 use crate::error::{Error, Result};
 use crate::fixed::{QFormat, QTensor, Quantizer, Storage};
 use crate::graph::{Graph, Op};
+use crate::graph::{activation_points, layer_weights, matrix_to_shape};
 use crate::kernels::{
     Activation, Conv2d, Conv2dParams, Dense, KernelChoice, KernelId, OutputStage, Pool2dParams,
     Scratch, add, avg_pool2d, global_avg_pool, max_pool2d,
 };
 use crate::pack::WeightCodes;
-use crate::plan::{self, QuantPlan};
+use crate::quant_plan::QuantPlan;
 
 /// An activation tensor in integer codes, with its format.
 #[derive(Debug, Clone)]
@@ -321,9 +322,8 @@ impl FixedNetwork {
         weights: Option<Vec<WeightCodes>>,
         choice: KernelChoice,
     ) -> Result<Self> {
-        let layers = plan::layer_weights(graph)?;
-        let points: HashMap<String, Option<usize>> =
-            plan::activation_points(graph).into_iter().collect();
+        let layers = layer_weights(graph)?;
+        let points: HashMap<String, Option<usize>> = activation_points(graph).into_iter().collect();
         let nodes = graph.nodes();
         let fmt_of = |tensor: &str| -> Result<QFormat> {
             plan.activation(tensor)
@@ -365,7 +365,7 @@ impl FixedNetwork {
                 .iter()
                 .map(|lw| {
                     let wp = plan.require_weight(&lw.node)?;
-                    let w = plan::matrix_to_shape(&lw.matrix, &lw.shape)?;
+                    let w = matrix_to_shape(&lw.matrix, &lw.shape)?;
                     let q = if wp.formats.len() == 1 {
                         Quantizer::<i8>::new(wp.formats[0])?.quantize(w.view())?
                     } else {

@@ -4,7 +4,9 @@ use std::marker::PhantomData;
 
 use ndarray::{Array4, ArrayView4, ArrayViewMut4, Ix1, Ix4, RemoveAxis};
 
-use super::packed::{CallDims, Geom, Layout, MicroKernel, PackX, Packed, TileGeo, Unit};
+use super::packed::{
+    CallDims, Geom, Layout, MicroKernel, PackX, Packed, TileGeo, TileOutOfBounds, Unit,
+};
 use super::portable::{PortableI16, PortableU8};
 #[cfg(target_arch = "x86_64")]
 use super::x86_64::{Avx2I8, Avx2I16, Avx512VnniI16, Avx512VnniU8};
@@ -616,7 +618,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
                 let per_out = g.c_out * d.oh * d.ow;
                 for (xi, oi) in x.chunks_exact(per_in).zip(out.chunks_exact_mut(per_out)) {
                     p.pack_input(g, xi, &one, layout, &mut buf);
-                    self.drive(p, &geo, &buf, &one, layout, oi);
+                    self.drive(p, &geo, &buf, &one, layout, oi)?;
                 }
                 Ok(())
             },
@@ -637,7 +639,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         d: &CallDims,
         layout: Layout,
         out: &mut [O],
-    ) {
+    ) -> Result<(), TileOutOfBounds> {
         let g = &self.geom;
         let how = d.oh * d.ow;
         let nb = p.n_blocks(g);
@@ -663,9 +665,9 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
                     Unit { n, ..unit },
                     o,
                     n * g.c_out * how,
-                );
+                )?;
             }
-            return;
+            return Ok(());
         }
         let mut units: Vec<(Unit, &mut [O], usize)> = Vec::new();
         let mut rest = out;
@@ -729,17 +731,17 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         if threads > 1 {
             use rayon::prelude::*;
             // Each worker re-enters the ISA context (target features do not cross threads).
-            units.into_par_iter().for_each(|(u, o, b)| {
+            return units.into_par_iter().try_for_each(|(u, o, b)| {
                 p.kernel().in_context(
                     #[inline(always)]
                     || p.run_unit(g, geo, &self.requant, buf, d, layout, u, o, b),
                 )
             });
-            return;
         }
         for (u, o, b) in units {
-            p.run_unit(g, geo, &self.requant, buf, d, layout, u, o, b);
+            p.run_unit(g, geo, &self.requant, buf, d, layout, u, o, b)?;
         }
+        Ok(())
     }
 
     #[cfg(feature = "rayon")]

@@ -64,6 +64,7 @@ mod pool;
 mod portable;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
 pub(crate) mod x86_64;
 
 pub(crate) use conv::bias_formats_of;

@@ -97,8 +97,43 @@ impl PackW for i16 {
     }
 }
 
+/// Whether a tile's reads stay inside `x` and `w` and its writes inside `acc`.
+#[inline(always)]
+pub(crate) fn in_bounds<X, W>(
+    x: &[X],
+    offs: &[usize],
+    w: &[W],
+    geo: &TileGeo<'_>,
+    acc: &[i32],
+    (mr, nr, kw): (usize, usize, usize),
+) -> bool {
+    let max_off = offs.iter().copied().max().unwrap_or(0);
+    let max_tap = geo.max_tap();
+    (1..=mr).contains(&offs.len())
+        && acc.len() >= offs.len() * nr
+        && w.len() >= geo.taps.len() * geo.chunks * nr * kw
+        && (geo.chunks == 0
+            || geo.taps.is_empty()
+            || max_off + max_tap + geo.chunks * kw <= x.len())
+}
+
+/// A tile whose reads or writes would leave its buffers: an internal invariant of the driver failed.
+/// Reported as [`crate::Error::Internal`], never skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TileOutOfBounds(pub &'static str);
+
+impl From<TileOutOfBounds> for crate::Error {
+    fn from(e: TileOutOfBounds) -> Self {
+        crate::Error::Internal {
+            reason: format!("kernel {}: a tile's bounds check failed", e.0),
+        }
+    }
+}
+
 /// One register-blocked tile: `acc[p·NR + c]` = Σ over taps, chunks and KW of x · w, wrapping i32.
 pub(crate) trait MicroKernel: Copy + Send + Sync + 'static {
+    /// The kernel's name ([`super::KernelId::name`]).
+    const NAME: &'static str;
     type X: PackX;
     type W: PackW;
     const MR: usize;
@@ -111,7 +146,10 @@ pub(crate) trait MicroKernel: Copy + Send + Sync + 'static {
         f()
     }
     /// `offs.len()` = m ∈ 1..=MR pixels; `w` holds one block; `acc.len() >= MR·NR`; fills
-    /// `acc[p·NR + c]` for p < m. Implementations check bounds.
+    /// `acc[p·NR + c]` for p < m. Implementations check every bound first ([`in_bounds`]).
+    ///
+    /// # Errors
+    /// [`TileOutOfBounds`] if a read or write would leave its buffer (nothing is written then).
     fn tile(
         &self,
         x: &[Self::X],
@@ -119,7 +157,7 @@ pub(crate) trait MicroKernel: Copy + Send + Sync + 'static {
         w: &[Self::W],
         geo: &TileGeo<'_>,
         acc: &mut [i32],
-    );
+    ) -> Result<(), TileOutOfBounds>;
 }
 
 /// Convolution geometry (NCHW sizes, OIHW kernel), validated by the layer constructor.
@@ -339,7 +377,7 @@ impl<K: MicroKernel> Packed<K> {
         unit: Unit,
         out: &mut [O],
         out_base: usize,
-    ) {
+    ) -> Result<(), TileOutOfBounds> {
         let (hp, wp) = (d.h + g.pad[0] + g.pad[2], d.w + g.pad[1] + g.pad[3]);
         let cp = g.groups * self.cg_pad;
         let how = d.oh * d.ow;
@@ -359,7 +397,7 @@ impl<K: MicroKernel> Packed<K> {
                 for (o, &px) in offs.iter_mut().zip(&geo.pixels[j..j + m]) {
                     *o = image + px + gi * self.cg_pad;
                 }
-                self.k.tile(xbuf, &offs[..m], wblk, geo, &mut acc);
+                self.k.tile(xbuf, &offs[..m], wblk, geo, &mut acc)?;
                 for p in 0..m {
                     let jj = j + p;
                     let ys = &mut ys[..nr_valid];
@@ -387,6 +425,7 @@ impl<K: MicroKernel> Packed<K> {
                 j += m;
             }
         }
+        Ok(())
     }
 
     /// Fills `taps` with the tap offsets for input width `w_in`; returns the chunk count.

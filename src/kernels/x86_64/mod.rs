@@ -1,9 +1,10 @@
-//! x86-64 micro-kernels. All of the crate's `unsafe` code lives in this module.
+//! x86-64 micro-kernels: with `crate::arch::x86_64`, the only place of the crate with `unsafe` code.
 //!
-//! Each kernel is a zero-sized token constructed only by `new() -> Option<Self>` after
-//! `is_x86_feature_detected!` confirmed its ISA, so holding one proves the CPU can run it and the safe
+//! Each kernel wraps a feature token of [`crate::arch`] and is constructed only by
+//! `new() -> Option<Self>`, so holding one proves the CPU can run it and the safe
 //! [`MicroKernel::tile`] may call the `#[target_feature]` wrapper. The wrapper inlines an
-//! `#[inline(always)]` body; the safe entry point checks every pointer bound once per tile.
+//! `#[inline(always)]` body; the safe entry point checks every pointer bound once per tile and
+//! returns [`TileOutOfBounds`] (never a silent skip) when a bound fails.
 //!
 //! | kernel | tile (pixels × channels) | per k-step |
 //! |---|---|---|
@@ -15,54 +16,29 @@
 //! `vpdpbusd`/`vpdpwssd` (non-saturating forms) wrap modulo 2³², which is exact for bounded results.
 //! `vpmaddubsw` (saturating) is deliberately not used.
 
-pub(crate) mod numerics;
-
 use core::arch::x86_64::*;
 
-use super::packed::{MicroKernel, TileGeo};
-
-/// Whether a tile's reads stay inside `x` and `w` and its writes inside `acc`.
-#[inline(always)]
-fn in_bounds<X, W>(
-    x: &[X],
-    offs: &[usize],
-    w: &[W],
-    geo: &TileGeo<'_>,
-    acc: &[i32],
-    (mr, nr, kw): (usize, usize, usize),
-) -> bool {
-    let max_off = offs.iter().copied().max().unwrap_or(0);
-    let max_tap = geo.max_tap();
-    (1..=mr).contains(&offs.len())
-        && acc.len() >= offs.len() * nr
-        && w.len() >= geo.taps.len() * geo.chunks * nr * kw
-        && (geo.chunks == 0
-            || geo.taps.is_empty()
-            || max_off + max_tap + geo.chunks * kw <= x.len())
-}
+use super::packed::{MicroKernel, TileGeo, TileOutOfBounds, in_bounds};
+use crate::arch::x86_64::{Avx2Fma, Avx512Vnni};
 
 // ---------------------------------------------------------------- AVX2 (vpmaddwd)
 
 /// `x86_64-i16i16i32-avx2`: i16 × i16 pairs with `vpmaddwd`, up to 6 pixels × 16 channels.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Avx2I16(());
+pub(crate) struct Avx2I16(Avx2Fma);
 /// `x86_64-u8i8i32-avx2`: u8/i8 activations (widened to i16 when packed) × i8 weights stored as i8
 /// and sign-extended on load (`vpmovsxbw`), then `vpmaddwd`; half the weight bytes of `Avx2I16`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Avx2I8(());
-
-fn has_avx2() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-}
+pub(crate) struct Avx2I8(Avx2Fma);
 
 impl Avx2I16 {
     pub(crate) fn new() -> Option<Self> {
-        has_avx2().then_some(Self(()))
+        Avx2Fma::new().map(Self)
     }
 }
 impl Avx2I8 {
     pub(crate) fn new() -> Option<Self> {
-        has_avx2().then_some(Self(()))
+        Avx2Fma::new().map(Self)
     }
 }
 
@@ -90,6 +66,9 @@ impl Avx2Weights for i8 {
 }
 
 /// `M` pixels × 16 channels; see the module table.
+///
+/// # Safety
+/// As [`avx2_tile`], for `M` = `offs.len()` pixels.
 #[inline(always)]
 unsafe fn avx2_body<W: Avx2Weights, const M: usize>(
     x: *const i16,
@@ -137,6 +116,9 @@ unsafe fn avx2_body<W: Avx2Weights, const M: usize>(
     }
 }
 
+/// # Safety
+/// AVX2 must be available; every read of `x` (`offs[p] + tap + chunks·2` for each pixel p and tap) and
+/// `w` (`taps·chunks·32` elements) and every write of `acc` (`offs.len()·16`) must be in bounds.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2_tile<W: Avx2Weights>(
     x: *const i16,
@@ -158,19 +140,10 @@ unsafe fn avx2_tile<W: Avx2Weights>(
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_context<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn avx512_context<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
 macro_rules! avx2_kernel {
-    ($ty:ty, $w:ty) => {
+    ($ty:ty, $w:ty, $name:literal) => {
         impl MicroKernel for $ty {
+            const NAME: &'static str = $name;
             type X = i16;
             type W = $w;
             const MR: usize = A2_MR;
@@ -178,8 +151,7 @@ macro_rules! avx2_kernel {
             const KW: usize = 2;
             #[inline(always)]
             fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
-                // SAFETY: `self` exists only if AVX2 and FMA were detected (`new`).
-                unsafe { avx2_context(f) }
+                self.0.in_context(f)
             }
             fn tile(
                 &self,
@@ -188,19 +160,19 @@ macro_rules! avx2_kernel {
                 w: &[$w],
                 geo: &TileGeo<'_>,
                 acc: &mut [i32],
-            ) {
+            ) -> Result<(), TileOutOfBounds> {
                 if !in_bounds(x, offs, w, geo, acc, (Self::MR, Self::NR, Self::KW)) {
-                    debug_assert!(false, "tile out of bounds");
-                    return;
+                    return Err(TileOutOfBounds(Self::NAME));
                 }
                 // SAFETY: bounds checked above; `self` exists only if AVX2 was detected.
-                unsafe { avx2_tile::<$w>(x.as_ptr(), offs, w.as_ptr(), geo, acc.as_mut_ptr()) }
+                unsafe { avx2_tile::<$w>(x.as_ptr(), offs, w.as_ptr(), geo, acc.as_mut_ptr()) };
+                Ok(())
             }
         }
     };
 }
-avx2_kernel!(Avx2I16, i16);
-avx2_kernel!(Avx2I8, i8);
+avx2_kernel!(Avx2I16, i16, "x86_64-i16i16i32-avx2");
+avx2_kernel!(Avx2I8, i8, "x86_64-u8i8i32-avx2");
 
 // ---------------------------------------------------------------- AVX-512 VNNI
 
@@ -208,29 +180,27 @@ const V_MR: usize = 12;
 
 /// `x86_64-u8i8i32-avx512vnni`: u8 × i8 quads with `vpdpbusd`, 12 pixels × 32 channels.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Avx512VnniU8(());
+pub(crate) struct Avx512VnniU8(Avx512Vnni);
 /// `x86_64-i16i16i32-avx512vnni`: i16 × i16 pairs with `vpdpwssd`, 12 pixels × 32 channels.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Avx512VnniI16(());
-
-fn has_avx512vnni() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vnni")
-}
+pub(crate) struct Avx512VnniI16(Avx512Vnni);
 
 impl Avx512VnniU8 {
     pub(crate) fn new() -> Option<Self> {
-        has_avx512vnni().then_some(Self(()))
+        Avx512Vnni::new().map(Self)
     }
 }
 impl Avx512VnniI16 {
     pub(crate) fn new() -> Option<Self> {
-        has_avx512vnni().then_some(Self(()))
+        Avx512Vnni::new().map(Self)
     }
 }
 
 /// Shared VNNI body: `KW` elements of `X` per 32-bit lane; `dot` is `vpdpbusd` or `vpdpwssd`.
+///
+/// # Safety
+/// AVX-512 F/BW/VNNI must be available; every read of `x` (`offs[p] + tap + chunks·KW`) and `w`
+/// (`taps·chunks·128` bytes) and every write of `acc` (`M·32`) must be in bounds.
 #[inline(always)]
 unsafe fn vnni_body<X, W, const M: usize>(
     x: *const X,
@@ -301,6 +271,8 @@ macro_rules! vnni_dispatch {
     }};
 }
 
+/// # Safety
+/// As [`vnni_body`] for `MR` rows: `acc` must hold 12·32 values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vnni_u8_tile(
     x: *const u8,
@@ -314,6 +286,8 @@ unsafe fn vnni_u8_tile(
     unsafe { vnni_dispatch!(u8, i8, x, offs, w, geo, acc, dot) }
 }
 
+/// # Safety
+/// As [`vnni_body`] for `MR` rows: `acc` must hold 12·32 values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vnni_i16_tile(
     x: *const i16,
@@ -328,49 +302,63 @@ unsafe fn vnni_i16_tile(
 }
 
 impl MicroKernel for Avx512VnniU8 {
+    const NAME: &'static str = "x86_64-u8i8i32-avx512vnni";
     #[inline(always)]
     fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
-        // SAFETY: `self` exists only if AVX-512F/BW/VNNI were detected.
-        unsafe { avx512_context(f) }
+        self.0.in_context(f)
     }
     type X = u8;
     type W = i8;
     const MR: usize = V_MR;
     const NR: usize = 32;
     const KW: usize = 4;
-    fn tile(&self, x: &[u8], offs: &[usize], w: &[i8], geo: &TileGeo<'_>, acc: &mut [i32]) {
+    fn tile(
+        &self,
+        x: &[u8],
+        offs: &[usize],
+        w: &[i8],
+        geo: &TileGeo<'_>,
+        acc: &mut [i32],
+    ) -> Result<(), TileOutOfBounds> {
         // The rounded-up instantiations may write up to MR rows.
         if acc.len() < Self::MR * Self::NR
             || !in_bounds(x, offs, w, geo, acc, (Self::MR, Self::NR, Self::KW))
         {
-            debug_assert!(false, "tile out of bounds");
-            return;
+            return Err(TileOutOfBounds(Self::NAME));
         }
         // SAFETY: bounds checked above; `self` exists only if AVX-512 VNNI was detected.
-        unsafe { vnni_u8_tile(x.as_ptr(), offs, w.as_ptr(), geo, acc.as_mut_ptr()) }
+        unsafe { vnni_u8_tile(x.as_ptr(), offs, w.as_ptr(), geo, acc.as_mut_ptr()) };
+        Ok(())
     }
 }
 
 impl MicroKernel for Avx512VnniI16 {
+    const NAME: &'static str = "x86_64-i16i16i32-avx512vnni";
     #[inline(always)]
     fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
-        // SAFETY: `self` exists only if AVX-512F/BW/VNNI were detected.
-        unsafe { avx512_context(f) }
+        self.0.in_context(f)
     }
     type X = i16;
     type W = i16;
     const MR: usize = V_MR;
     const NR: usize = 32;
     const KW: usize = 2;
-    fn tile(&self, x: &[i16], offs: &[usize], w: &[i16], geo: &TileGeo<'_>, acc: &mut [i32]) {
+    fn tile(
+        &self,
+        x: &[i16],
+        offs: &[usize],
+        w: &[i16],
+        geo: &TileGeo<'_>,
+        acc: &mut [i32],
+    ) -> Result<(), TileOutOfBounds> {
         // The rounded-up instantiations may write up to MR rows.
         if acc.len() < Self::MR * Self::NR
             || !in_bounds(x, offs, w, geo, acc, (Self::MR, Self::NR, Self::KW))
         {
-            debug_assert!(false, "tile out of bounds");
-            return;
+            return Err(TileOutOfBounds(Self::NAME));
         }
         // SAFETY: bounds checked above; `self` exists only if AVX-512 VNNI was detected.
-        unsafe { vnni_i16_tile(x.as_ptr(), offs, w.as_ptr(), geo, acc.as_mut_ptr()) }
+        unsafe { vnni_i16_tile(x.as_ptr(), offs, w.as_ptr(), geo, acc.as_mut_ptr()) };
+        Ok(())
     }
 }
