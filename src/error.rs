@@ -96,3 +96,13 @@ pub enum Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<ndarray::ShapeError> for Error {
+    fn from(e: ndarray::ShapeError) -> Self {
+        Error::ShapeMismatch {
+            what: "tensor rank".into(),
+            expected: "the rank the kernel takes".into(),
+            found: e.to_string(),
+        }
+    }
+}

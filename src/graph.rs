@@ -587,4 +587,4 @@ mod query;
 pub(crate) mod shape;
 
 pub use query::activation_points;
-pub(crate) use query::{layer_weights, matrix_to_shape};
+pub(crate) use query::{LayerWeights, layer_weights, matrix_to_shape};

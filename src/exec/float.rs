@@ -136,7 +136,7 @@ impl<'g> FloatExecutor<'g> {
             if let Some(j) = self.in_place_source(i)
                 && let Some(mut out) = values[j].take()
             {
-                apply_unary(&node.op, &mut out);
+                ops::apply_unary_in_place(&node.op, &mut out);
                 observer(&node.output, i, &mut out);
                 values[i] = Some(out);
                 continue;
@@ -152,7 +152,7 @@ impl<'g> FloatExecutor<'g> {
                         .ok_or_else(|| freed(node.name.as_str())),
                 })
                 .collect::<Result<_>>()?;
-            let mut out = eval(&node.op, &args, &shapes[i])?;
+            let mut out = ops::eval_float(&node.op, &args, &shapes[i])?;
             drop(args);
             observer(&node.output, i, &mut out);
             values[i] = Some(out);
@@ -182,77 +182,10 @@ impl FloatExecutor<'_> {
     }
 }
 
-/// Applies an element-wise unary op in place (identity for anything else).
-fn apply_unary(op: &Op, x: &mut ArrayD<f32>) {
-    match *op {
-        Op::Relu => x.mapv_inplace(|v| if v < 0.0 { 0.0 } else { v }),
-        Op::Clip { min, max } => x.mapv_inplace(|v| clip(v, min, max)),
-        _ => {}
-    }
-}
-
-/// `min(max(v, min), max)`, keeping NaN.
-fn clip(v: f32, min: f32, max: f32) -> f32 {
-    if v < min {
-        min
-    } else if v > max {
-        max
-    } else {
-        v
-    }
-}
-
 /// An internal invariant broke (a value was freed too early); reported rather than panicking.
 fn freed(what: &str) -> crate::Error {
     crate::Error::InvalidArgument {
         name: "graph",
         reason: format!("internal: value for '{what}' was not available"),
-    }
-}
-
-/// Evaluates one operator on validated inputs; `out_shape` comes from shape inference.
-fn eval(op: &Op, x: &[ArrayViewD<'_, f32>], out_shape: &[usize]) -> Result<ArrayD<f32>> {
-    match op {
-        Op::Conv {
-            stride,
-            pad,
-            dilation,
-            groups,
-        } => ops::conv2d(
-            &x[0],
-            &x[1],
-            x.get(2),
-            *stride,
-            *pad,
-            *dilation,
-            *groups,
-            out_shape,
-        ),
-        Op::Gemm {
-            alpha,
-            beta,
-            trans_a,
-            trans_b,
-        } => ops::gemm(&x[0], &x[1], x.get(2), *alpha, *beta, *trans_a, *trans_b),
-        Op::MatMul => ops::matmul(&x[0], &x[1], out_shape),
-        Op::Add => ops::add(&x[0], &x[1], out_shape),
-        Op::Relu => Ok(x[0].mapv(|v| if v < 0.0 { 0.0 } else { v })),
-        Op::Clip { min, max } => Ok(x[0].mapv(|v| clip(v, *min, *max))),
-        Op::MaxPool(p) => ops::max_pool(&x[0], p, out_shape),
-        Op::AveragePool {
-            pool,
-            count_include_pad,
-        } => ops::average_pool(&x[0], pool, *count_include_pad, out_shape),
-        Op::GlobalAveragePool => ops::global_average_pool(&x[0], out_shape),
-        Op::Flatten { .. } | Op::Reshape { .. } => ops::reshape(&x[0], out_shape),
-        Op::Slice {
-            starts,
-            ends,
-            axes,
-            steps,
-        } => ops::slice(&x[0], starts, ends, axes, steps),
-        Op::Pad { pads, value } => ops::pad(&x[0], pads, *value, out_shape),
-        Op::Concat { axis } => ops::concat(x, *axis),
-        Op::Identity => Ok(x[0].to_owned()),
     }
 }

@@ -1,11 +1,15 @@
 //! Executors that run a [`Graph`](crate::graph::Graph).
 //!
 //! [`FloatExecutor`] is the `f32` reference: it defines what every operator computes, and is the
-//! baseline that fixed-point execution is compared with.
+//! baseline that fixed-point execution is compared with. [`FixedNetwork`] runs the same graph in
+//! integers under a [`crate::quant_plan::QuantPlan`]. Both reach the operators through one table
+//! (`ops::family`): one module per op family, float and integer side by side.
 
+mod act;
+mod build;
 pub mod fixed;
 pub mod float;
-pub(crate) mod ops;
+mod ops;
 
 pub use fixed::FixedNetwork;
 pub use float::FloatExecutor;

@@ -1,61 +1,263 @@
-//! `f32` operator implementations for the reference executor.
-//!
-//! Every function here receives inputs whose shapes were checked by shape inference; the
-//! `Result`s only carry ndarray's own shape errors through, so a broken invariant is an error, not
-//! a panic.
+//! Weighted layers: Conv, Gemm and MatMul with constant weights. Float: im2col + sgemm. Integer:
+//! [`Conv2d`] / [`Dense`] with the bias in the accumulator's format and a following Relu/Clip fused
+//! into the output stage.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, Axis, Ix2, IxDyn, Slice, Zip};
+use ndarray::{
+    Array1, Array2, Array4, ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, Ix1, Ix2, Ix4, IxDyn,
+    Zip,
+};
 
+use super::{
+    Inputs, IntOp, Lower, Lowered, OpFamily, clip_code, contiguous, dims4, shape_err, valid_range,
+};
 use crate::error::{Error, Result};
-use crate::graph::Pool2d;
-use crate::graph::shape::{axis as resolve_axis, slice_plan};
+use crate::exec::act::Act;
+use crate::exec::act::{Code, Kind, Visit2, dispatch2, wrong_storage};
+use crate::fixed::{QFormat, QTensor, Quantizer};
+use crate::graph::Op;
+use crate::kernels::{
+    Activation, Conv2d, Conv2dParams, Dense, KernelChoice, KernelId, OutputStage, Scratch,
+};
+use crate::pack::WeightCodes;
 
-fn shape_err(e: ndarray::ShapeError) -> Error {
-    Error::ShapeMismatch {
-        what: "executor (internal)".into(),
-        expected: "consistent shapes".into(),
-        found: e.to_string(),
+/// Conv, Gemm, MatMul.
+pub(super) struct Weighted;
+
+impl OpFamily for Weighted {
+    fn eval_float(
+        &self,
+        op: &Op,
+        x: &[ArrayViewD<'_, f32>],
+        out_shape: &[usize],
+    ) -> Result<ArrayD<f32>> {
+        match op {
+            Op::Conv {
+                stride,
+                pad,
+                dilation,
+                groups,
+            } => conv2d(
+                &x[0],
+                &x[1],
+                x.get(2),
+                *stride,
+                *pad,
+                *dilation,
+                *groups,
+                out_shape,
+            ),
+            Op::Gemm {
+                alpha,
+                beta,
+                trans_a,
+                trans_b,
+            } => gemm(&x[0], &x[1], x.get(2), *alpha, *beta, *trans_a, *trans_b),
+            _ => matmul(&x[0], &x[1], out_shape),
+        }
+    }
+
+    fn lower_fixed(&self, cx: &Lower<'_>) -> Result<Lowered> {
+        let node = cx.node;
+        let (lw, wc) = cx
+            .weights
+            .ok_or_else(|| cx.unsupported("weights not found"))?;
+        let in_fmt = cx.in_format()?;
+        // The output stage: the fused Relu/Clip's output format and bounds, or the layer's own.
+        let (out_tensor, activation) = match cx.fused {
+            None => (&node.output, None),
+            Some(next) => (&next.output, Some(&next.op)),
+        };
+        let of = cx.format_of(out_tensor)?;
+        let act = match activation {
+            None => Activation::Identity,
+            Some(Op::Relu) => Activation::Relu,
+            Some(Op::Clip { min, max }) => Activation::Clip {
+                min: clip_code(of, f64::from(*min), true),
+                max: clip_code(of, f64::from(*max), false),
+            },
+            Some(_) => return Err(cx.unsupported("unexpected fused op")),
+        };
+        let stage = OutputStage::new(of).with_activation(act);
+        let bias = quantize_bias(&lw.bias, wc, in_fmt, &node.name)?;
+        let (kin, kout) = (Kind::of(in_fmt)?, Kind::of(of)?);
+        let op: Arc<dyn IntOp> = match &node.op {
+            Op::Conv {
+                stride,
+                pad,
+                dilation,
+                groups,
+            } => {
+                let build = BuildConv {
+                    weights: wc.codes.clone().into_dimensionality::<Ix4>()?,
+                    bias,
+                    in_fmt,
+                    stage,
+                    params: Conv2dParams {
+                        stride: *stride,
+                        padding: *pad,
+                        dilation: *dilation,
+                        groups: *groups,
+                    },
+                    choice: cx.choice,
+                };
+                dispatch2(kin, kout, build)?
+            }
+            _ => {
+                if cx.out_shape.len() != 2 {
+                    return Err(
+                        cx.unsupported("only 2-D (batch x features) products run in integers")
+                    );
+                }
+                let build = BuildDense {
+                    weights: wc.codes.clone().into_dimensionality::<Ix2>()?,
+                    bias,
+                    in_fmt,
+                    stage,
+                    choice: cx.choice,
+                    out_features: lw.matrix.nrows(),
+                };
+                dispatch2(kin, kout, build)?
+            }
+        };
+        Ok(Lowered {
+            op,
+            format: of,
+            observed: cx.fused.is_none(),
+        })
     }
 }
 
-/// The elements in row-major order, borrowed when the view is already contiguous.
-fn contiguous<'a>(a: &'a ArrayViewD<'_, f32>) -> Cow<'a, [f32]> {
-    match a.as_slice() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(a.iter().copied().collect()),
-    }
-}
-
-fn dims4(s: &[usize]) -> [usize; 4] {
-    let mut d = [0; 4];
-    for (o, &v) in d.iter_mut().zip(s) {
-        *o = v;
-    }
-    d
-}
-
-/// Range of output positions `o` in `0..out` whose input index `o * stride + offset - pad` lies in
-/// `0..len`.
-fn valid_range(out: usize, len: usize, stride: usize, offset: usize, pad: usize) -> (usize, usize) {
-    let lo = if pad > offset {
-        (pad - offset).div_ceil(stride)
+/// Bias codes at each output channel's accumulator format (n_x + n_w(o) fractional bits).
+fn quantize_bias(
+    bias: &[f32],
+    w: &WeightCodes,
+    in_fmt: QFormat,
+    node: &str,
+) -> Result<QTensor<i32, Ix1>> {
+    let formats = crate::kernels::bias_formats_of(&w.codes, in_fmt)?;
+    let b = Array1::from(bias.to_vec());
+    let q = if formats.windows(2).all(|p| p[0] == p[1]) {
+        Quantizer::<i32>::new(formats[0])?.quantize(b.view())?
     } else {
-        0
+        Quantizer::<i32>::per_channel(0, formats)?.quantize(b.view())?
     };
-    let hi = if len + pad > offset {
-        (len + pad - offset).div_ceil(stride)
-    } else {
-        0
-    };
-    (lo.min(out), hi.min(out).max(lo.min(out)))
+    if q.saturated() > 0 {
+        return Err(Error::AccumulatorOverflow {
+            reason: format!(
+                "node '{node}': {} bias values do not fit a 32-bit accumulator at n_x + n_w fractional bits",
+                q.saturated()
+            ),
+        });
+    }
+    Ok(q)
 }
+
+struct BuildConv {
+    weights: QTensor<i8, Ix4>,
+    bias: QTensor<i32, Ix1>,
+    in_fmt: QFormat,
+    stage: OutputStage,
+    params: Conv2dParams,
+    choice: KernelChoice,
+}
+
+impl Visit2 for BuildConv {
+    type Out = Result<Arc<dyn IntOp>>;
+    fn visit<A: Code, O: Code>(self) -> Self::Out {
+        let conv = Conv2d::<A, O>::new(
+            &self.weights,
+            Some(&self.bias),
+            self.in_fmt,
+            self.stage,
+            self.params,
+            self.choice,
+        )?;
+        Ok(Arc::new(ConvStep(conv)))
+    }
+}
+
+/// A convolution. Activations are logically NCHW; convolutions keep them NHWC in memory (an
+/// NCHW-shaped view with permuted strides), so consecutive layers and the max pools between them need
+/// no transposes. A one-channel NCHW input is already NHWC in memory; any other input is copied by the
+/// kernel.
+#[derive(Debug)]
+struct ConvStep<A: Code, O: Code>(Conv2d<A, O>);
+
+impl<A: Code, O: Code> IntOp for ConvStep<A, O> {
+    fn run(&self, x: &mut Inputs<'_>, scratch: &mut Scratch) -> Result<Act> {
+        let xv = A::view(x.get(0)?).ok_or_else(|| wrong_storage(x.step))?;
+        let x4 = xv.into_dimensionality::<Ix4>()?;
+        let s = x4.shape();
+        let [n, co, oh, ow] = self.0.output_shape([s[0], s[1], s[2], s[3]])?;
+        let mut out = Array4::<O>::default([n, oh, ow, co]);
+        self.0
+            .forward_nhwc_into(x4.permuted_axes([0, 2, 3, 1]), out.view_mut(), scratch)?;
+        Ok(O::wrap(
+            out.permuted_axes([0, 3, 1, 2]).into_dyn(),
+            self.0.output_stage().format,
+        ))
+    }
+    fn kernel(&self) -> Option<KernelId> {
+        Some(self.0.kernel())
+    }
+}
+
+struct BuildDense {
+    weights: QTensor<i8, Ix2>,
+    bias: QTensor<i32, Ix1>,
+    in_fmt: QFormat,
+    stage: OutputStage,
+    choice: KernelChoice,
+    out_features: usize,
+}
+
+impl Visit2 for BuildDense {
+    type Out = Result<Arc<dyn IntOp>>;
+    fn visit<A: Code, O: Code>(self) -> Self::Out {
+        let dense = Dense::<A, O>::new(
+            &self.weights,
+            Some(&self.bias),
+            self.in_fmt,
+            self.stage,
+            self.choice,
+        )?;
+        Ok(Arc::new(DenseStep {
+            dense,
+            out_features: self.out_features,
+            format: self.stage.format,
+        }))
+    }
+}
+
+/// A Gemm or MatMul on `[batch, features]`.
+#[derive(Debug)]
+struct DenseStep<A: Code, O: Code> {
+    dense: Dense<A, O>,
+    out_features: usize,
+    format: QFormat,
+}
+
+impl<A: Code, O: Code> IntOp for DenseStep<A, O> {
+    fn run(&self, x: &mut Inputs<'_>, scratch: &mut Scratch) -> Result<Act> {
+        let xv = A::view(x.get(0)?).ok_or_else(|| wrong_storage(x.step))?;
+        let x2 = xv.into_dimensionality::<Ix2>()?;
+        let mut out = Array2::<O>::default((x2.shape()[0], self.out_features));
+        self.dense.forward_into(x2, out.view_mut(), scratch)?;
+        Ok(O::wrap(out.into_dyn(), self.format))
+    }
+    fn kernel(&self) -> Option<KernelId> {
+        Some(self.dense.kernel())
+    }
+}
+
+// ---------------------------------------------------------------- f32
 
 /// Fills `cols` (`[cg * kh * kw, oh * ow]`, row-major) with the receptive fields of one image's group.
 #[allow(clippy::too_many_arguments)]
-fn im2col(
+pub(super) fn im2col(
     x: &[f32],
     [cg, h, w]: [usize; 3],
     [kh, kw]: [usize; 2],
@@ -102,7 +304,7 @@ fn im2col(
 
 /// 2-D convolution, `x [N,C,H,W]`, `w [O,C/g,kh,kw]`, optional `b [O]`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn conv2d(
+pub(super) fn conv2d(
     x: &ArrayViewD<'_, f32>,
     w: &ArrayViewD<'_, f32>,
     b: Option<&ArrayViewD<'_, f32>>,
@@ -163,7 +365,7 @@ pub(crate) fn conv2d(
 }
 
 /// `alpha * op(a) * op(b) + beta * c`.
-pub(crate) fn gemm(
+pub(super) fn gemm(
     a: &ArrayViewD<'_, f32>,
     b: &ArrayViewD<'_, f32>,
     c: Option<&ArrayViewD<'_, f32>>,
@@ -195,7 +397,7 @@ pub(crate) fn gemm(
 }
 
 /// `a [..., M, K] x b [K, N]` or batched `b [..., K, N]` with a's leading dimensions.
-pub(crate) fn matmul(
+pub(super) fn matmul(
     a: &ArrayViewD<'_, f32>,
     b: &ArrayViewD<'_, f32>,
     out_shape: &[usize],
@@ -225,197 +427,10 @@ pub(crate) fn matmul(
     ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(shape_err)
 }
 
-/// Element-wise sum with broadcasting to `out_shape`.
-pub(crate) fn add(
-    a: &ArrayViewD<'_, f32>,
-    b: &ArrayViewD<'_, f32>,
-    out_shape: &[usize],
-) -> Result<ArrayD<f32>> {
-    let incompatible = || {
-        shape_err(ndarray::ShapeError::from_kind(
-            ndarray::ErrorKind::IncompatibleShape,
-        ))
-    };
-    let ab = a.broadcast(IxDyn(out_shape)).ok_or_else(incompatible)?;
-    let bb = b.broadcast(IxDyn(out_shape)).ok_or_else(incompatible)?;
-    let mut out = ArrayD::<f32>::zeros(IxDyn(out_shape));
-    Zip::from(&mut out)
-        .and(&ab)
-        .and(&bb)
-        .for_each(|o, &x, &y| *o = x + y);
-    Ok(out)
-}
-
-/// Shared window walk for pooling: calls `f(plane, oy, ox, (y0, y1, x0, x1) in padded coordinates)`.
-fn pool_planes(
-    x: &ArrayViewD<'_, f32>,
-    p: &Pool2d,
-    out_shape: &[usize],
-    mut reduce: impl FnMut(&[f32], usize, [isize; 2], [usize; 2]) -> f32,
-) -> Result<ArrayD<f32>> {
-    let [n, c, h, w] = dims4(x.shape());
-    let [_, _, oh, ow] = dims4(out_shape);
-    let xs = contiguous(x);
-    let mut out = Vec::with_capacity(n * c * oh * ow);
-    for plane in xs.chunks_exact((h * w).max(1)).take(n * c) {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let y0 = (oy * p.stride[0]) as isize - p.pad[0] as isize;
-                let x0 = (ox * p.stride[1]) as isize - p.pad[1] as isize;
-                out.push(reduce(plane, w, [y0, x0], [h, w]));
-            }
-        }
-    }
-    ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(shape_err)
-}
-
-/// Max pooling; padded positions never win.
-pub(crate) fn max_pool(
-    x: &ArrayViewD<'_, f32>,
-    p: &Pool2d,
-    out_shape: &[usize],
-) -> Result<ArrayD<f32>> {
-    pool_planes(x, p, out_shape, |plane, w, [y0, x0], [h, wd]| {
-        let mut best = f32::NEG_INFINITY;
-        for ky in 0..p.kernel[0] {
-            let iy = y0 + (ky * p.dilation[0]) as isize;
-            if iy < 0 || iy >= h as isize {
-                continue;
-            }
-            let row = &plane[iy as usize * w..(iy as usize + 1) * w];
-            for kx in 0..p.kernel[1] {
-                let ix = x0 + (kx * p.dilation[1]) as isize;
-                if ix >= 0 && ix < wd as isize {
-                    let v = row[ix as usize];
-                    if v > best || v.is_nan() {
-                        best = v;
-                    }
-                }
-            }
-        }
-        best
-    })
-}
-
-/// Average pooling. The divisor counts in-image taps, or with `count_include_pad` every tap that
-/// falls inside the padded image.
-pub(crate) fn average_pool(
-    x: &ArrayViewD<'_, f32>,
-    p: &Pool2d,
-    count_include_pad: bool,
-    out_shape: &[usize],
-) -> Result<ArrayD<f32>> {
-    let [_, _, h, w] = dims4(x.shape());
-    let (pad_h_end, pad_w_end) = ((h + p.pad[2]) as isize, (w + p.pad[3]) as isize);
-    let (pad_h_begin, pad_w_begin) = (-(p.pad[0] as isize), -(p.pad[1] as isize));
-    pool_planes(x, p, out_shape, |plane, w, [y0, x0], [h, wd]| {
-        let (mut sum, mut inside, mut padded) = (0f32, 0usize, 0usize);
-        for ky in 0..p.kernel[0] {
-            let iy = y0 + (ky * p.dilation[0]) as isize;
-            let y_in_pad = iy >= pad_h_begin && iy < pad_h_end;
-            for kx in 0..p.kernel[1] {
-                let ix = x0 + (kx * p.dilation[1]) as isize;
-                if y_in_pad && ix >= pad_w_begin && ix < pad_w_end {
-                    padded += 1;
-                }
-                if iy >= 0 && iy < h as isize && ix >= 0 && ix < wd as isize {
-                    sum += plane[iy as usize * w + ix as usize];
-                    inside += 1;
-                }
-            }
-        }
-        let count = if count_include_pad { padded } else { inside };
-        if count == 0 { 0.0 } else { sum / count as f32 }
-    })
-}
-
-/// Mean over each `H x W` plane.
-pub(crate) fn global_average_pool(
-    x: &ArrayViewD<'_, f32>,
-    out_shape: &[usize],
-) -> Result<ArrayD<f32>> {
-    let [n, c, h, w] = dims4(x.shape());
-    let xs = contiguous(x);
-    let hw = (h * w).max(1);
-    let out: Vec<f32> = xs
-        .chunks_exact(hw)
-        .take(n * c)
-        .map(|p| p.iter().sum::<f32>() / hw as f32)
-        .collect();
-    ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(shape_err)
-}
-
-/// Row-major reinterpretation (Flatten, Reshape).
-pub(crate) fn reshape(x: &ArrayViewD<'_, f32>, out_shape: &[usize]) -> Result<ArrayD<f32>> {
-    ArrayD::from_shape_vec(IxDyn(out_shape), contiguous(x).into_owned()).map_err(shape_err)
-}
-
-/// ONNX Slice.
-pub(crate) fn slice(
-    x: &ArrayViewD<'_, f32>,
-    starts: &[i64],
-    ends: &[i64],
-    axes: &[i64],
-    steps: &[i64],
-) -> Result<ArrayD<f32>> {
-    let plan = slice_plan(x.shape(), starts, ends, axes, steps)?;
-    let mut v = x.view();
-    for (ax, first, len, step) in plan {
-        let s = if len == 0 {
-            Slice::new(0, Some(0), 1)
-        } else if step > 0 {
-            let last = first + (len - 1) * step as usize;
-            Slice::new(first as isize, Some(last as isize + 1), step as isize)
-        } else {
-            let last = first - (len - 1) * step.unsigned_abs() as usize;
-            Slice::new(last as isize, Some(first as isize + 1), step as isize)
-        };
-        v.slice_axis_inplace(Axis(ax), s);
-    }
-    Ok(v.to_owned())
-}
-
-/// Constant padding; negative pads crop.
-pub(crate) fn pad(
-    x: &ArrayViewD<'_, f32>,
-    pads: &[i64],
-    value: f32,
-    out_shape: &[usize],
-) -> Result<ArrayD<f32>> {
-    let r = x.ndim();
-    let mut out = ArrayD::from_elem(IxDyn(out_shape), value);
-    if out.is_empty() {
-        return Ok(out);
-    }
-    // Per axis: the part of the input kept, and where it lands in the output.
-    let src_range = |ax: usize| -> (usize, usize) {
-        let d = x.shape()[ax] as i64;
-        let lo = (-pads[ax]).clamp(0, d);
-        let hi = (d + pads[ax + r]).clamp(lo, d);
-        (lo as usize, hi as usize)
-    };
-    let src = x.slice_each_axis(|a| {
-        let (lo, hi) = src_range(a.axis.index());
-        Slice::new(lo as isize, Some(hi as isize), 1)
-    });
-    let mut dst = out.slice_each_axis_mut(|a| {
-        let (lo, hi) = src_range(a.axis.index());
-        let at = pads[a.axis.index()].max(0) as usize;
-        Slice::new(at as isize, Some((at + hi - lo) as isize), 1)
-    });
-    dst.assign(&src);
-    Ok(out)
-}
-
-/// Join along `axis`.
-pub(crate) fn concat(xs: &[ArrayViewD<'_, f32>], axis: i64) -> Result<ArrayD<f32>> {
-    let a = resolve_axis(axis, xs.first().map_or(0, |x| x.ndim()), false)?;
-    ndarray::concatenate(Axis(a), xs).map_err(shape_err)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::ops::dims4;
     use ndarray::Array;
 
     /// Direct 7-loop convolution: the definition im2col must match.
@@ -492,22 +507,5 @@ mod tests {
             let y = conv2d(&x.view(), &w.view(), None, stride, pad, dil, groups, &out).unwrap();
             assert_eq!(y, conv_direct(&x, &w, stride, pad, dil, groups, &out));
         }
-    }
-
-    #[test]
-    fn pads_and_crops() {
-        let x = Array::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
-        let y = pad(&x.view(), &[1, -1, 0, 2], 9.0, &[3, 4]).unwrap();
-        assert_eq!(
-            y.as_slice().unwrap(),
-            &[9.0, 9.0, 9.0, 9.0, 2.0, 3.0, 9.0, 9.0, 5.0, 6.0, 9.0, 9.0]
-        );
-    }
-
-    #[test]
-    fn negative_step_slice_reverses() {
-        let x = Array::from_shape_vec(IxDyn(&[5]), vec![0.0, 1.0, 2.0, 3.0, 4.0]).unwrap();
-        let y = slice(&x.view(), &[-1], &[i64::MIN], &[0], &[-2]).unwrap();
-        assert_eq!(y.as_slice().unwrap(), &[4.0, 2.0, 0.0]);
     }
 }

@@ -1,0 +1,179 @@
+//! Element-wise ops: Add (residual sums, inputs brought to one format), and Relu / Clip when they do
+//! not follow a weighted layer (then they requantize to their own output format).
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
+
+use super::{Inputs, IntOp, Lower, Lowered, OpFamily, clip_code, shape_err};
+use crate::error::Result;
+use crate::exec::act::{Act, Code, Kind, Visit2, Visit3, dispatch2, dispatch3, wrong_storage};
+use crate::fixed::QTensor;
+use crate::graph::Op;
+use crate::kernels::{Activation, OutputStage, Scratch, add as add_codes};
+
+/// Add, Relu, Clip.
+pub(super) struct Elementwise;
+
+impl OpFamily for Elementwise {
+    fn eval_float(
+        &self,
+        op: &Op,
+        x: &[ArrayViewD<'_, f32>],
+        out_shape: &[usize],
+    ) -> Result<ArrayD<f32>> {
+        match *op {
+            Op::Add => add(&x[0], &x[1], out_shape),
+            Op::Clip { min, max } => Ok(x[0].mapv(|v| clip(v, min, max))),
+            _ => Ok(x[0].mapv(|v| if v < 0.0 { 0.0 } else { v })),
+        }
+    }
+
+    fn lower_fixed(&self, cx: &Lower<'_>) -> Result<Lowered> {
+        let of = cx.format_of(&cx.node.output)?;
+        let stage = OutputStage::new(of);
+        let ka = Kind::of(cx.in_format()?)?;
+        let op = match cx.node.op {
+            Op::Add => {
+                let fb = cx
+                    .in_formats
+                    .get(1)
+                    .copied()
+                    .ok_or_else(|| cx.unsupported("Add needs two activation inputs"))?;
+                dispatch3(ka, Kind::of(fb)?, Kind::of(of)?, BuildAdd(stage))
+            }
+            Op::Clip { min, max } => {
+                let act = Activation::Clip {
+                    min: clip_code(of, f64::from(min), true),
+                    max: clip_code(of, f64::from(max), false),
+                };
+                dispatch2(ka, Kind::of(of)?, BuildRequant(stage.with_activation(act)))
+            }
+            _ => dispatch2(
+                ka,
+                Kind::of(of)?,
+                BuildRequant(stage.with_activation(Activation::Relu)),
+            ),
+        };
+        Ok(Lowered {
+            op,
+            format: of,
+            observed: true,
+        })
+    }
+}
+
+/// Applies Relu or Clip in place (identity for anything else).
+pub(super) fn apply_unary_in_place(op: &Op, x: &mut ArrayD<f32>) {
+    match *op {
+        Op::Relu => x.mapv_inplace(|v| if v < 0.0 { 0.0 } else { v }),
+        Op::Clip { min, max } => x.mapv_inplace(|v| clip(v, min, max)),
+        _ => {}
+    }
+}
+
+struct BuildRequant(OutputStage);
+
+impl Visit2 for BuildRequant {
+    type Out = Arc<dyn IntOp>;
+    fn visit<A: Code, O: Code>(self) -> Self::Out {
+        Arc::new(Requant::<A, O>(self.0, PhantomData))
+    }
+}
+
+/// Requantizes codes to the stage's format (round half up, the kernels' rule), then saturates to its
+/// range and activation.
+#[derive(Debug)]
+struct Requant<A, O>(OutputStage, PhantomData<fn(A) -> O>);
+
+impl<A: Code, O: Code> IntOp for Requant<A, O> {
+    fn run(&self, x: &mut Inputs<'_>, _: &mut Scratch) -> Result<Act> {
+        let a = x.get(0)?;
+        let fi = a.format();
+        let codes = A::view(a).ok_or_else(|| wrong_storage(x.step))?;
+        let fo = self.0.format;
+        let shift = fi.frac_bits() - fo.frac_bits();
+        let (mut lo, mut hi) = (fo.min_code(), fo.max_code());
+        match self.0.activation {
+            Activation::Identity => {}
+            Activation::Relu => lo = lo.max(0),
+            Activation::Clip { min, max } => {
+                lo = lo.max(min);
+                hi = hi.min(max);
+            }
+        }
+        let conv = |q: i64| -> i64 {
+            let v = if shift > 0 {
+                let s = shift.min(62) as u32;
+                (q + (1i64 << (s - 1))) >> s
+            } else {
+                q << (-shift).min(40) as u32
+            };
+            v.clamp(lo, hi)
+        };
+        let out = codes.mapv(|q| O::from_code(conv(q.to_code())));
+        Ok(O::wrap(out, fo))
+    }
+}
+
+struct BuildAdd(OutputStage);
+
+impl Visit3 for BuildAdd {
+    type Out = Arc<dyn IntOp>;
+    fn visit<A: Code, B: Code, O: Code>(self) -> Self::Out {
+        Arc::new(AddStep::<A, B, O>(self.0, PhantomData))
+    }
+}
+
+/// A residual sum of `A` and `B` codes into `O` codes.
+#[derive(Debug)]
+struct AddStep<A, B, O>(OutputStage, PhantomData<fn(A, B) -> O>);
+
+impl<A: Code, B: Code, O: Code> IntOp for AddStep<A, B, O> {
+    fn run(&self, x: &mut Inputs<'_>, _: &mut Scratch) -> Result<Act> {
+        let (a, b) = (x.get(0)?, x.get(1)?);
+        let (fa, fb) = (a.format(), b.format());
+        let va = A::view(a).ok_or_else(|| wrong_storage(x.step))?;
+        let vb = B::view(b).ok_or_else(|| wrong_storage(x.step))?;
+        // Both operands were produced by the network's own steps in their formats: no range scan.
+        let qa = QTensor::from_codes_trusted(va.to_owned(), vec![fa], None);
+        let qb = QTensor::from_codes_trusted(vb.to_owned(), vec![fb], None);
+        let y = add_codes::<A, B, O, _>(&qa, &qb, self.0)?;
+        Ok(O::wrap(y.into_codes(), self.0.format))
+    }
+}
+
+// ---------------------------------------------------------------- f32
+
+/// Element-wise sum with broadcasting to `out_shape`.
+pub(super) fn add(
+    a: &ArrayViewD<'_, f32>,
+    b: &ArrayViewD<'_, f32>,
+    out_shape: &[usize],
+) -> Result<ArrayD<f32>> {
+    let incompatible = || {
+        shape_err(ndarray::ShapeError::from_kind(
+            ndarray::ErrorKind::IncompatibleShape,
+        ))
+    };
+    let ab = a.broadcast(IxDyn(out_shape)).ok_or_else(incompatible)?;
+    let bb = b.broadcast(IxDyn(out_shape)).ok_or_else(incompatible)?;
+    let mut out = ArrayD::<f32>::zeros(IxDyn(out_shape));
+    Zip::from(&mut out)
+        .and(&ab)
+        .and(&bb)
+        .for_each(|o, &x, &y| *o = x + y);
+    Ok(out)
+}
+
+/// `min(max(v, min), max)`, keeping NaN.
+pub(super) fn clip(v: f32, min: f32, max: f32) -> f32 {
+    if v < min {
+        min
+    } else if v > max {
+        max
+    } else {
+        v
+    }
+}

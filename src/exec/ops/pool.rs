@@ -1,0 +1,239 @@
+//! Pooling: MaxPool, AveragePool, GlobalAveragePool. The integer max pool keeps its input's format
+//! and memory layout; the average pools requantize to their own output format.
+
+use std::sync::Arc;
+
+use ndarray::{ArrayD, ArrayViewD, Ix4, IxDyn};
+
+use super::{Inputs, IntOp, Lower, Lowered, OpFamily, contiguous, dims4, shape_err};
+use crate::error::Result;
+use crate::exec::act::{Act, Code, Kind, Visit2, dispatch2, wrong_storage};
+use crate::fixed::{QFormat, QTensor};
+use crate::graph::{Op, Pool2d};
+use crate::kernels::{OutputStage, Pool2dParams, Scratch, avg_pool2d, global_avg_pool, max_pool2d};
+
+/// MaxPool, AveragePool, GlobalAveragePool.
+pub(super) struct Pooling;
+
+impl OpFamily for Pooling {
+    fn eval_float(
+        &self,
+        op: &Op,
+        x: &[ArrayViewD<'_, f32>],
+        out_shape: &[usize],
+    ) -> Result<ArrayD<f32>> {
+        match op {
+            Op::MaxPool(p) => max_pool(&x[0], p, out_shape),
+            Op::AveragePool {
+                pool,
+                count_include_pad,
+            } => average_pool(&x[0], pool, *count_include_pad, out_shape),
+            _ => global_average_pool(&x[0], out_shape),
+        }
+    }
+
+    fn lower_fixed(&self, cx: &Lower<'_>) -> Result<Lowered> {
+        let in_fmt = cx.in_format()?;
+        let kin = Kind::of(in_fmt)?;
+        let (kind, format, observed) = match &cx.node.op {
+            Op::MaxPool(p) => {
+                if p.dilation != [1, 1] || p.ceil_mode {
+                    return Err(cx.unsupported("dilated or ceil-mode max pooling"));
+                }
+                (PoolKind::Max(params(p)), in_fmt, false)
+            }
+            Op::AveragePool {
+                pool,
+                count_include_pad,
+            } => {
+                if pool.dilation != [1, 1] || pool.ceil_mode {
+                    return Err(cx.unsupported("dilated or ceil-mode average pooling"));
+                }
+                let of = cx.format_of(&cx.node.output)?;
+                let kind = PoolKind::Avg {
+                    pool: params(pool),
+                    count_include_pad: *count_include_pad,
+                    out: OutputStage::new(of),
+                };
+                (kind, of, true)
+            }
+            _ => {
+                let of = cx.format_of(&cx.node.output)?;
+                (PoolKind::GlobalAvg(OutputStage::new(of)), of, true)
+            }
+        };
+        let op = dispatch2(kin, Kind::of(format)?, Build(kind));
+        Ok(Lowered {
+            op,
+            format,
+            observed,
+        })
+    }
+}
+
+fn params(p: &Pool2d) -> Pool2dParams {
+    Pool2dParams {
+        kernel: p.kernel,
+        stride: p.stride,
+        padding: p.pad,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PoolKind {
+    Max(Pool2dParams),
+    Avg {
+        pool: Pool2dParams,
+        count_include_pad: bool,
+        out: OutputStage,
+    },
+    GlobalAvg(OutputStage),
+}
+
+struct Build(PoolKind);
+
+impl Visit2 for Build {
+    type Out = Arc<dyn IntOp>;
+    fn visit<A: Code, O: Code>(self) -> Self::Out {
+        Arc::new(PoolStep::<A, O>(self.0, std::marker::PhantomData))
+    }
+}
+
+/// A pooling step from `A` codes to `O` codes (`A` = `O` for max pooling).
+#[derive(Debug)]
+struct PoolStep<A, O>(PoolKind, std::marker::PhantomData<fn(A) -> O>);
+
+/// Activations between steps were produced by the kernels in their format, so they need no range scan.
+fn to_q4<T: Code>(a: ArrayD<T>, f: QFormat) -> Result<QTensor<T, Ix4>> {
+    Ok(QTensor::from_codes_trusted(
+        a.into_dimensionality::<Ix4>()?,
+        vec![f],
+        None,
+    ))
+}
+
+impl<A: Code, O: Code> IntOp for PoolStep<A, O> {
+    fn run(&self, x: &mut Inputs<'_>, _: &mut Scratch) -> Result<Act> {
+        let (codes, f) = A::take(x.take_first()?).ok_or_else(|| wrong_storage(x.step))?;
+        let t = to_q4(codes, f)?;
+        match self.0 {
+            PoolKind::Max(p) => {
+                let y = max_pool2d(&t, p)?;
+                Ok(A::wrap(y.into_codes().into_dyn(), f))
+            }
+            PoolKind::Avg {
+                pool,
+                count_include_pad,
+                out,
+            } => {
+                let y = avg_pool2d::<A, O>(&t, pool, count_include_pad, out)?;
+                Ok(O::wrap(y.into_codes().into_dyn(), out.format))
+            }
+            PoolKind::GlobalAvg(out) => {
+                let y = global_avg_pool::<A, O>(&t, out)?;
+                Ok(O::wrap(y.into_codes().into_dyn(), out.format))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- f32
+
+/// Shared window walk for pooling: calls `f(plane, oy, ox, (y0, y1, x0, x1) in padded coordinates)`.
+pub(super) fn pool_planes(
+    x: &ArrayViewD<'_, f32>,
+    p: &Pool2d,
+    out_shape: &[usize],
+    mut reduce: impl FnMut(&[f32], usize, [isize; 2], [usize; 2]) -> f32,
+) -> Result<ArrayD<f32>> {
+    let [n, c, h, w] = dims4(x.shape());
+    let [_, _, oh, ow] = dims4(out_shape);
+    let xs = contiguous(x);
+    let mut out = Vec::with_capacity(n * c * oh * ow);
+    for plane in xs.chunks_exact((h * w).max(1)).take(n * c) {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let y0 = (oy * p.stride[0]) as isize - p.pad[0] as isize;
+                let x0 = (ox * p.stride[1]) as isize - p.pad[1] as isize;
+                out.push(reduce(plane, w, [y0, x0], [h, w]));
+            }
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(shape_err)
+}
+
+/// Max pooling; padded positions never win.
+pub(super) fn max_pool(
+    x: &ArrayViewD<'_, f32>,
+    p: &Pool2d,
+    out_shape: &[usize],
+) -> Result<ArrayD<f32>> {
+    pool_planes(x, p, out_shape, |plane, w, [y0, x0], [h, wd]| {
+        let mut best = f32::NEG_INFINITY;
+        for ky in 0..p.kernel[0] {
+            let iy = y0 + (ky * p.dilation[0]) as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            let row = &plane[iy as usize * w..(iy as usize + 1) * w];
+            for kx in 0..p.kernel[1] {
+                let ix = x0 + (kx * p.dilation[1]) as isize;
+                if ix >= 0 && ix < wd as isize {
+                    let v = row[ix as usize];
+                    if v > best || v.is_nan() {
+                        best = v;
+                    }
+                }
+            }
+        }
+        best
+    })
+}
+
+/// Average pooling. The divisor counts in-image taps, or with `count_include_pad` every tap that
+/// falls inside the padded image.
+pub(super) fn average_pool(
+    x: &ArrayViewD<'_, f32>,
+    p: &Pool2d,
+    count_include_pad: bool,
+    out_shape: &[usize],
+) -> Result<ArrayD<f32>> {
+    let [_, _, h, w] = dims4(x.shape());
+    let (pad_h_end, pad_w_end) = ((h + p.pad[2]) as isize, (w + p.pad[3]) as isize);
+    let (pad_h_begin, pad_w_begin) = (-(p.pad[0] as isize), -(p.pad[1] as isize));
+    pool_planes(x, p, out_shape, |plane, w, [y0, x0], [h, wd]| {
+        let (mut sum, mut inside, mut padded) = (0f32, 0usize, 0usize);
+        for ky in 0..p.kernel[0] {
+            let iy = y0 + (ky * p.dilation[0]) as isize;
+            let y_in_pad = iy >= pad_h_begin && iy < pad_h_end;
+            for kx in 0..p.kernel[1] {
+                let ix = x0 + (kx * p.dilation[1]) as isize;
+                if y_in_pad && ix >= pad_w_begin && ix < pad_w_end {
+                    padded += 1;
+                }
+                if iy >= 0 && iy < h as isize && ix >= 0 && ix < wd as isize {
+                    sum += plane[iy as usize * w + ix as usize];
+                    inside += 1;
+                }
+            }
+        }
+        let count = if count_include_pad { padded } else { inside };
+        if count == 0 { 0.0 } else { sum / count as f32 }
+    })
+}
+
+/// Mean over each `H x W` plane.
+pub(super) fn global_average_pool(
+    x: &ArrayViewD<'_, f32>,
+    out_shape: &[usize],
+) -> Result<ArrayD<f32>> {
+    let [n, c, h, w] = dims4(x.shape());
+    let xs = contiguous(x);
+    let hw = (h * w).max(1);
+    let out: Vec<f32> = xs
+        .chunks_exact(hw)
+        .take(n * c)
+        .map(|p| p.iter().sum::<f32>() / hw as f32)
+        .collect();
+    ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(shape_err)
+}
