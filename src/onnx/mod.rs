@@ -451,219 +451,16 @@ impl Importer {
         if !(n.domain.is_empty() || n.domain == "ai.onnx") {
             return Err(ctx.unsupported(format!("operator domain '{}'", n.domain)));
         }
-        let data_inputs = |count: usize| -> Result<Vec<String>> {
-            (0..count).map(|i| ctx.required_input(i)).collect()
+        match n.op_type.as_str() {
+            "Constant" => return self.constant_node(ctx),
+            "BatchNormalization" => return self.fold_batch_norm(ctx),
+            _ => {}
+        }
+        let Some((_, build)) = OPS.iter().find(|(op, _)| *op == n.op_type) else {
+            return Err(ctx.unsupported("unsupported op"));
         };
-        let op_type = n.op_type.as_str();
-        if op_type == "Constant" {
-            return self.constant_node(ctx);
-        }
-        if op_type == "BatchNormalization" {
-            return self.fold_batch_norm(ctx);
-        }
         let output = self.single_output(ctx)?;
-        let (op, inputs) = match op_type {
-            "Conv" => {
-                ctx.only_attributes(&[
-                    "auto_pad",
-                    "dilations",
-                    "group",
-                    "kernel_shape",
-                    "pads",
-                    "strides",
-                ])?;
-                let pad = ctx.explicit_pads()?;
-                let groups = usize::try_from(ctx.int("group", 1)?)
-                    .map_err(|_| ctx.invalid("negative group"))?;
-                let mut inputs = data_inputs(2)?;
-                if let Some(b) = ctx.input(2) {
-                    inputs.push(b.to_owned());
-                }
-                for w in &inputs[1..] {
-                    if !self.floats.contains_key(w) {
-                        return Err(ctx.unsupported(format!(
-                            "weights/bias '{w}' are not a constant initializer"
-                        )));
-                    }
-                }
-                let op = Op::Conv {
-                    stride: ctx.sizes("strides", [1, 1])?,
-                    pad,
-                    dilation: ctx.sizes("dilations", [1, 1])?,
-                    groups,
-                };
-                (op, inputs)
-            }
-            "Gemm" => {
-                ctx.only_attributes(&["alpha", "beta", "transA", "transB"])?;
-                let mut inputs = data_inputs(2)?;
-                if let Some(c) = ctx.input(2) {
-                    inputs.push(c.to_owned());
-                }
-                let op = Op::Gemm {
-                    alpha: ctx.float("alpha", 1.0)?,
-                    beta: ctx.float("beta", 1.0)?,
-                    trans_a: ctx.int("transA", 0)? != 0,
-                    trans_b: ctx.int("transB", 0)? != 0,
-                };
-                (op, inputs)
-            }
-            "MatMul" | "Add" => {
-                ctx.only_attributes(&[])?;
-                (
-                    if op_type == "Add" {
-                        Op::Add
-                    } else {
-                        Op::MatMul
-                    },
-                    data_inputs(2)?,
-                )
-            }
-            "Relu" | "Identity" | "GlobalAveragePool" => {
-                ctx.only_attributes(&[])?;
-                let op = match op_type {
-                    "Relu" => Op::Relu,
-                    "Identity" => Op::Identity,
-                    _ => Op::GlobalAveragePool,
-                };
-                (op, data_inputs(1)?)
-            }
-            "Dropout" => {
-                ctx.only_attributes(&["ratio", "seed", "is_test"])?;
-                (Op::Identity, data_inputs(1)?)
-            }
-            "Clip" => {
-                ctx.only_attributes(&["min", "max"])?;
-                let min = match self.float_scalar(ctx, 1)? {
-                    Some(v) => v,
-                    None => ctx.float("min", f32::NEG_INFINITY)?,
-                };
-                let max = match self.float_scalar(ctx, 2)? {
-                    Some(v) => v,
-                    None => ctx.float("max", f32::INFINITY)?,
-                };
-                (Op::Clip { min, max }, data_inputs(1)?)
-            }
-            "MaxPool" | "AveragePool" => {
-                let mut known = vec![
-                    "auto_pad",
-                    "ceil_mode",
-                    "dilations",
-                    "kernel_shape",
-                    "pads",
-                    "strides",
-                ];
-                known.push(if op_type == "MaxPool" {
-                    "storage_order"
-                } else {
-                    "count_include_pad"
-                });
-                ctx.only_attributes(&known)?;
-                if ctx.ints("kernel_shape")?.is_none() {
-                    return Err(ctx.invalid("attribute 'kernel_shape' is required"));
-                }
-                let pool = Pool2d {
-                    kernel: ctx.sizes("kernel_shape", [1, 1])?,
-                    stride: ctx.sizes("strides", [1, 1])?,
-                    pad: ctx.explicit_pads()?,
-                    dilation: ctx.sizes("dilations", [1, 1])?,
-                    ceil_mode: ctx.int("ceil_mode", 0)? != 0,
-                };
-                let op = if op_type == "MaxPool" {
-                    Op::MaxPool(pool)
-                } else {
-                    Op::AveragePool {
-                        pool,
-                        count_include_pad: ctx.int("count_include_pad", 0)? != 0,
-                    }
-                };
-                (op, data_inputs(1)?)
-            }
-            "Flatten" => {
-                ctx.only_attributes(&["axis"])?;
-                (
-                    Op::Flatten {
-                        axis: ctx.int("axis", 1)?,
-                    },
-                    data_inputs(1)?,
-                )
-            }
-            "Reshape" => {
-                ctx.only_attributes(&["allowzero", "shape"])?;
-                let shape = match ctx.ints("shape")? {
-                    Some(s) => s,
-                    None => self
-                        .int_const(ctx, 1)?
-                        .ok_or_else(|| ctx.invalid("no target shape"))?,
-                };
-                (
-                    Op::Reshape {
-                        shape,
-                        allow_zero: ctx.int("allowzero", 0)? != 0,
-                    },
-                    data_inputs(1)?,
-                )
-            }
-            "Slice" => {
-                ctx.only_attributes(&["starts", "ends", "axes"])?;
-                let (starts, ends, axes, steps) = match ctx.ints("starts")? {
-                    Some(starts) => (
-                        starts,
-                        ctx.ints("ends")?.unwrap_or_default(),
-                        ctx.ints("axes")?,
-                        None,
-                    ),
-                    None => (
-                        self.int_const(ctx, 1)?
-                            .ok_or_else(|| ctx.invalid("no starts"))?,
-                        self.int_const(ctx, 2)?
-                            .ok_or_else(|| ctx.invalid("no ends"))?,
-                        self.int_const(ctx, 3)?,
-                        self.int_const(ctx, 4)?,
-                    ),
-                };
-                let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
-                let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
-                (
-                    Op::Slice {
-                        starts,
-                        ends,
-                        axes,
-                        steps,
-                    },
-                    data_inputs(1)?,
-                )
-            }
-            "Pad" => {
-                ctx.only_attributes(&["mode", "pads", "value"])?;
-                if let Some(mode) = ctx.string("mode")?
-                    && mode != "constant"
-                {
-                    return Err(ctx.unsupported(format!("mode '{mode}' (only constant)")));
-                }
-                if ctx.input(3).is_some() {
-                    return Err(ctx.unsupported("the 'axes' input"));
-                }
-                let (pads, value) = match ctx.ints("pads")? {
-                    Some(p) => (p, ctx.float("value", 0.0)?),
-                    None => (
-                        self.int_const(ctx, 1)?
-                            .ok_or_else(|| ctx.invalid("no pads"))?,
-                        self.float_scalar(ctx, 2)?.unwrap_or(0.0),
-                    ),
-                };
-                (Op::Pad { pads, value }, data_inputs(1)?)
-            }
-            "Concat" => {
-                ctx.only_attributes(&["axis"])?;
-                let Some(axis) = ctx.attr("axis", attr_type::INT)?.map(|a| a.i) else {
-                    return Err(ctx.invalid("attribute 'axis' is required"));
-                };
-                let inputs = data_inputs(n.inputs.len())?;
-                (Op::Concat { axis }, inputs)
-            }
-            _ => return Err(ctx.unsupported("unsupported op")),
-        };
+        let (op, inputs) = build(self, ctx)?;
         self.push(name, op, inputs, output);
         Ok(())
     }
@@ -850,4 +647,247 @@ impl Importer {
         producer.output = output;
         Ok(())
     }
+}
+
+/// Builds one op from its ONNX node: the op and its input tensor names.
+type Builder = fn(&Importer, &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)>;
+
+/// Every ONNX operator import maps to an [`Op`], with its builder (`Constant` makes no node and
+/// `BatchNormalization` is folded into the layer before it: `Importer::node` handles both).
+const OPS: &[(&str, Builder)] = &[
+    ("Conv", op_conv),
+    ("Gemm", op_gemm),
+    ("MatMul", op_matmul_add),
+    ("Add", op_matmul_add),
+    ("Relu", op_no_attribute),
+    ("Identity", op_no_attribute),
+    ("GlobalAveragePool", op_no_attribute),
+    ("Dropout", op_dropout),
+    ("Clip", op_clip),
+    ("MaxPool", op_pool),
+    ("AveragePool", op_pool),
+    ("Flatten", op_flatten),
+    ("Reshape", op_reshape),
+    ("Slice", op_slice),
+    ("Pad", op_pad),
+    ("Concat", op_concat),
+];
+
+/// The first `count` inputs, each required.
+fn data_inputs(ctx: &NodeCtx<'_, '_>, count: usize) -> Result<Vec<String>> {
+    (0..count).map(|i| ctx.required_input(i)).collect()
+}
+
+fn op_conv(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&[
+        "auto_pad",
+        "dilations",
+        "group",
+        "kernel_shape",
+        "pads",
+        "strides",
+    ])?;
+    let pad = ctx.explicit_pads()?;
+    let groups =
+        usize::try_from(ctx.int("group", 1)?).map_err(|_| ctx.invalid("negative group"))?;
+    let mut inputs = data_inputs(ctx, 2)?;
+    if let Some(b) = ctx.input(2) {
+        inputs.push(b.to_owned());
+    }
+    for w in &inputs[1..] {
+        if !imp.floats.contains_key(w) {
+            return Err(
+                ctx.unsupported(format!("weights/bias '{w}' are not a constant initializer"))
+            );
+        }
+    }
+    let op = Op::Conv {
+        stride: ctx.sizes("strides", [1, 1])?,
+        pad,
+        dilation: ctx.sizes("dilations", [1, 1])?,
+        groups,
+    };
+    Ok((op, inputs))
+}
+
+fn op_gemm(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&["alpha", "beta", "transA", "transB"])?;
+    let mut inputs = data_inputs(ctx, 2)?;
+    if let Some(c) = ctx.input(2) {
+        inputs.push(c.to_owned());
+    }
+    let op = Op::Gemm {
+        alpha: ctx.float("alpha", 1.0)?,
+        beta: ctx.float("beta", 1.0)?,
+        trans_a: ctx.int("transA", 0)? != 0,
+        trans_b: ctx.int("transB", 0)? != 0,
+    };
+    Ok((op, inputs))
+}
+
+fn op_matmul_add(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    let op_type = ctx.proto.op_type.as_str();
+    ctx.only_attributes(&[])?;
+    Ok((
+        if op_type == "Add" {
+            Op::Add
+        } else {
+            Op::MatMul
+        },
+        data_inputs(ctx, 2)?,
+    ))
+}
+
+fn op_no_attribute(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    let op_type = ctx.proto.op_type.as_str();
+    ctx.only_attributes(&[])?;
+    let op = match op_type {
+        "Relu" => Op::Relu,
+        "Identity" => Op::Identity,
+        _ => Op::GlobalAveragePool,
+    };
+    Ok((op, data_inputs(ctx, 1)?))
+}
+
+fn op_dropout(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&["ratio", "seed", "is_test"])?;
+    Ok((Op::Identity, data_inputs(ctx, 1)?))
+}
+
+fn op_clip(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&["min", "max"])?;
+    let min = match imp.float_scalar(ctx, 1)? {
+        Some(v) => v,
+        None => ctx.float("min", f32::NEG_INFINITY)?,
+    };
+    let max = match imp.float_scalar(ctx, 2)? {
+        Some(v) => v,
+        None => ctx.float("max", f32::INFINITY)?,
+    };
+    Ok((Op::Clip { min, max }, data_inputs(ctx, 1)?))
+}
+
+fn op_pool(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    let op_type = ctx.proto.op_type.as_str();
+    let mut known = vec![
+        "auto_pad",
+        "ceil_mode",
+        "dilations",
+        "kernel_shape",
+        "pads",
+        "strides",
+    ];
+    known.push(if op_type == "MaxPool" {
+        "storage_order"
+    } else {
+        "count_include_pad"
+    });
+    ctx.only_attributes(&known)?;
+    if ctx.ints("kernel_shape")?.is_none() {
+        return Err(ctx.invalid("attribute 'kernel_shape' is required"));
+    }
+    let pool = Pool2d {
+        kernel: ctx.sizes("kernel_shape", [1, 1])?,
+        stride: ctx.sizes("strides", [1, 1])?,
+        pad: ctx.explicit_pads()?,
+        dilation: ctx.sizes("dilations", [1, 1])?,
+        ceil_mode: ctx.int("ceil_mode", 0)? != 0,
+    };
+    let op = if op_type == "MaxPool" {
+        Op::MaxPool(pool)
+    } else {
+        Op::AveragePool {
+            pool,
+            count_include_pad: ctx.int("count_include_pad", 0)? != 0,
+        }
+    };
+    Ok((op, data_inputs(ctx, 1)?))
+}
+
+fn op_flatten(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&["axis"])?;
+    Ok((
+        Op::Flatten {
+            axis: ctx.int("axis", 1)?,
+        },
+        data_inputs(ctx, 1)?,
+    ))
+}
+
+fn op_reshape(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&["allowzero", "shape"])?;
+    let shape = match ctx.ints("shape")? {
+        Some(s) => s,
+        None => imp
+            .int_const(ctx, 1)?
+            .ok_or_else(|| ctx.invalid("no target shape"))?,
+    };
+    Ok((
+        Op::Reshape {
+            shape,
+            allow_zero: ctx.int("allowzero", 0)? != 0,
+        },
+        data_inputs(ctx, 1)?,
+    ))
+}
+
+fn op_slice(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&["starts", "ends", "axes"])?;
+    let (starts, ends, axes, steps) = match ctx.ints("starts")? {
+        Some(starts) => (
+            starts,
+            ctx.ints("ends")?.unwrap_or_default(),
+            ctx.ints("axes")?,
+            None,
+        ),
+        None => (
+            imp.int_const(ctx, 1)?
+                .ok_or_else(|| ctx.invalid("no starts"))?,
+            imp.int_const(ctx, 2)?
+                .ok_or_else(|| ctx.invalid("no ends"))?,
+            imp.int_const(ctx, 3)?,
+            imp.int_const(ctx, 4)?,
+        ),
+    };
+    let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
+    let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
+    Ok((
+        Op::Slice {
+            starts,
+            ends,
+            axes,
+            steps,
+        },
+        data_inputs(ctx, 1)?,
+    ))
+}
+
+fn op_pad(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&["mode", "pads", "value"])?;
+    if let Some(mode) = ctx.string("mode")?
+        && mode != "constant"
+    {
+        return Err(ctx.unsupported(format!("mode '{mode}' (only constant)")));
+    }
+    if ctx.input(3).is_some() {
+        return Err(ctx.unsupported("the 'axes' input"));
+    }
+    let (pads, value) = match ctx.ints("pads")? {
+        Some(p) => (p, ctx.float("value", 0.0)?),
+        None => (
+            imp.int_const(ctx, 1)?
+                .ok_or_else(|| ctx.invalid("no pads"))?,
+            imp.float_scalar(ctx, 2)?.unwrap_or(0.0),
+        ),
+    };
+    Ok((Op::Pad { pads, value }, data_inputs(ctx, 1)?))
+}
+
+fn op_concat(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&["axis"])?;
+    let Some(axis) = ctx.attr("axis", attr_type::INT)?.map(|a| a.i) else {
+        return Err(ctx.invalid("attribute 'axis' is required"));
+    };
+    let inputs = data_inputs(ctx, ctx.proto.inputs.len())?;
+    Ok((Op::Concat { axis }, inputs))
 }
