@@ -1,6 +1,7 @@
 //! [`Conv2d`]: a prepared 2-D convolution (stride, padding, dilation, groups) over fixed-point codes.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use ndarray::{Array4, ArrayView4, ArrayViewMut4, Ix1, Ix4, RemoveAxis};
 
@@ -11,8 +12,8 @@ use super::portable::{PortableI16, PortableU8};
 #[cfg(target_arch = "x86_64")]
 use super::x86_64::{Avx2I8, Avx2I16, Avx512VnniI16, Avx512VnniU8};
 use super::{
-    Activation8or16, KernelChoice, KernelId, OutputStage, Requant, Scratch, WeightStorage,
-    check_input_format, max_abs_code, reference,
+    Activation8or16, KernelChoice, KernelCodes, KernelId, OutputStage, Requant, Scratch,
+    WeightStorage, check_input_format, max_abs_code, reference,
 };
 use crate::error::{Error, Result};
 use crate::fixed::{Grid, QFormat, QTensor, Storage};
@@ -68,19 +69,89 @@ impl Conv2dParams {
     }
 }
 
+/// How a layer runs: the scalar reference, or one packed micro-kernel.
 #[derive(Debug, Clone)]
-enum Engine {
+enum Engine<A: Activation8or16, O: Activation8or16> {
     Reference,
-    PortableU8(Packed<PortableU8>),
-    PortableI16(Packed<PortableI16>),
-    #[cfg(target_arch = "x86_64")]
-    Avx2(Packed<Avx2I16>),
-    #[cfg(target_arch = "x86_64")]
-    Avx2U8(Packed<Avx2I8>),
-    #[cfg(target_arch = "x86_64")]
-    VnniU8(Packed<Avx512VnniU8>),
-    #[cfg(target_arch = "x86_64")]
-    VnniI16(Packed<Avx512VnniI16>),
+    Packed(Arc<dyn PackedConv<A, O>>),
+}
+
+/// A packed kernel behind one interface, so that the layer holds any of them.
+trait PackedConv<A: Activation8or16, O: Activation8or16>: std::fmt::Debug + Send + Sync {
+    fn id(&self) -> KernelId;
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        conv: &Conv2d<A, O>,
+        x: &[A],
+        d: &CallDims,
+        layout: Layout,
+        range: (i64, i64),
+        out: &mut [O],
+        scratch: &mut Scratch,
+    ) -> Result<()>;
+}
+
+#[derive(Debug)]
+struct PackedEngine<K: MicroKernel> {
+    id: KernelId,
+    packed: Packed<K>,
+}
+
+impl<A: Activation8or16, O: Activation8or16, K: MicroKernel> PackedConv<A, O> for PackedEngine<K>
+where
+    K::X: PackX,
+{
+    fn id(&self) -> KernelId {
+        self.id
+    }
+    fn run(
+        &self,
+        conv: &Conv2d<A, O>,
+        x: &[A],
+        d: &CallDims,
+        layout: Layout,
+        range: (i64, i64),
+        out: &mut [O],
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        conv.run_packed(&self.packed, x, d, layout, range, out, scratch)
+    }
+}
+
+/// The registration table of the packed kernels: kernel `id` packed for this layer, if this CPU runs
+/// it. A new kernel is one line here (plus its [`KernelId`] entry and its micro-kernel).
+fn packed_engine<A: Activation8or16, O: Activation8or16>(
+    id: KernelId,
+    g: &Geom,
+    w: &[i64],
+    bias: &[i64],
+) -> Option<Arc<dyn PackedConv<A, O>>> {
+    fn engine<A: Activation8or16, O: Activation8or16, K: MicroKernel>(
+        id: KernelId,
+        k: K,
+        g: &Geom,
+        w: &[i64],
+        bias: &[i64],
+    ) -> Arc<dyn PackedConv<A, O>> {
+        Arc::new(PackedEngine {
+            id,
+            packed: Packed::new::<A>(k, g, w, bias),
+        })
+    }
+    match id {
+        KernelId::PortableU8I8 => Some(engine(id, PortableU8, g, w, bias)),
+        KernelId::PortableI16I16 => Some(engine(id, PortableI16, g, w, bias)),
+        #[cfg(target_arch = "x86_64")]
+        KernelId::Avx2I16I16 => Avx2I16::new().map(|k| engine(id, k, g, w, bias)),
+        #[cfg(target_arch = "x86_64")]
+        KernelId::Avx2U8I8 => Avx2I8::new().map(|k| engine(id, k, g, w, bias)),
+        #[cfg(target_arch = "x86_64")]
+        KernelId::Avx512VnniU8I8 => Avx512VnniU8::new().map(|k| engine(id, k, g, w, bias)),
+        #[cfg(target_arch = "x86_64")]
+        KernelId::Avx512VnniI16I16 => Avx512VnniI16::new().map(|k| engine(id, k, g, w, bias)),
+        _ => None,
+    }
 }
 
 /// A prepared fixed-point 2-D convolution: weights packed once, run many times.
@@ -118,7 +189,7 @@ pub struct Conv2d<A: Activation8or16, O: Activation8or16> {
     bias: Vec<i64>,
     requant: Requant,
     acc_bound: i64,
-    engine: Engine,
+    engine: Engine<A, O>,
     _t: PhantomData<fn(A) -> O>,
 }
 
@@ -267,88 +338,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
             .map(|f| f - output.format.frac_bits())
             .collect();
         let requant = Requant::new(&shifts, out_range.0, out_range.1);
-        let fits_i32 = acc_bound <= i64::from(i32::MAX);
-        let wmin = wfmt.iter().map(|f| f.min_code()).min().unwrap_or(0);
-        let wmax = wfmt.iter().map(|f| f.max_code()).max().unwrap_or(0);
-        let ok8 = fits_i32 && A::MAX <= 255 && wmin >= -128 && wmax <= 127;
-        let ok16 = fits_i32 && wmin >= -32768 && wmax <= 32767;
-        let want = match choice {
-            KernelChoice::Reference => KernelId::Reference,
-            KernelChoice::Auto if env_forces_reference() => KernelId::Reference,
-            KernelChoice::Auto => [
-                KernelId::Avx512VnniU8I8,
-                KernelId::Avx512VnniI16I16,
-                KernelId::Avx2U8I8,
-                KernelId::Avx2I16I16,
-                KernelId::PortableU8I8,
-                KernelId::PortableI16I16,
-            ]
-            .into_iter()
-            .find(|id| {
-                id.is_supported()
-                    && match id {
-                        KernelId::Avx512VnniU8I8 | KernelId::Avx2U8I8 | KernelId::PortableU8I8 => {
-                            ok8
-                        }
-                        _ => ok16,
-                    }
-            })
-            .unwrap_or(KernelId::Reference),
-            KernelChoice::Force(id) => id,
-        };
-        let g = &geom;
-        let unfit = |why: &str| {
-            Err(Error::Unsupported(format!(
-                "kernel {} cannot run this layer: {why}",
-                want.name()
-            )))
-        };
-        let needs = match want {
-            KernelId::Reference => true,
-            KernelId::PortableU8I8 | KernelId::Avx512VnniU8I8 | KernelId::Avx2U8I8 => ok8,
-            _ => ok16,
-        };
-        if !needs {
-            return unfit(if fits_i32 {
-                "activation or weight codes too wide"
-            } else {
-                "the accumulator bound exceeds i32"
-            });
-        }
-        if !want.is_supported() {
-            return unfit("this CPU lacks its instruction set");
-        }
-        let engine = match want {
-            KernelId::Reference => Engine::Reference,
-            KernelId::PortableU8I8 => {
-                Engine::PortableU8(Packed::new::<A>(PortableU8, g, &w, &bias))
-            }
-            KernelId::PortableI16I16 => {
-                Engine::PortableI16(Packed::new::<A>(PortableI16, g, &w, &bias))
-            }
-            #[cfg(target_arch = "x86_64")]
-            KernelId::Avx2I16I16 => match Avx2I16::new() {
-                Some(k) => Engine::Avx2(Packed::new::<A>(k, g, &w, &bias)),
-                None => return unfit("this CPU lacks AVX2"),
-            },
-            #[cfg(target_arch = "x86_64")]
-            KernelId::Avx2U8I8 => match Avx2I8::new() {
-                Some(k) => Engine::Avx2U8(Packed::new::<A>(k, g, &w, &bias)),
-                None => return unfit("this CPU lacks AVX2"),
-            },
-            #[cfg(target_arch = "x86_64")]
-            KernelId::Avx512VnniU8I8 => match Avx512VnniU8::new() {
-                Some(k) => Engine::VnniU8(Packed::new::<A>(k, g, &w, &bias)),
-                None => return unfit("this CPU lacks AVX-512 VNNI"),
-            },
-            #[cfg(target_arch = "x86_64")]
-            KernelId::Avx512VnniI16I16 => match Avx512VnniI16::new() {
-                Some(k) => Engine::VnniI16(Packed::new::<A>(k, g, &w, &bias)),
-                None => return unfit("this CPU lacks AVX-512 VNNI"),
-            },
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => return unfit("not an x86-64 CPU"),
-        };
+        let engine = select_engine::<A, O>(choice, &geom, &w, &bias, acc_bound, wfmt)?;
         Ok(Self {
             geom,
             input_format,
@@ -367,16 +357,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
     pub fn kernel(&self) -> KernelId {
         match &self.engine {
             Engine::Reference => KernelId::Reference,
-            Engine::PortableU8(_) => KernelId::PortableU8I8,
-            Engine::PortableI16(_) => KernelId::PortableI16I16,
-            #[cfg(target_arch = "x86_64")]
-            Engine::Avx2(_) => KernelId::Avx2I16I16,
-            #[cfg(target_arch = "x86_64")]
-            Engine::Avx2U8(_) => KernelId::Avx2U8I8,
-            #[cfg(target_arch = "x86_64")]
-            Engine::VnniU8(_) => KernelId::Avx512VnniU8I8,
-            #[cfg(target_arch = "x86_64")]
-            Engine::VnniI16(_) => KernelId::Avx512VnniI16I16,
+            Engine::Packed(p) => p.id(),
         }
     }
 
@@ -508,16 +489,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         let range = (self.input_format.min_code(), self.input_format.max_code());
         match &self.engine {
             Engine::Reference => self.run_reference(xsl, &d, layout, range, out),
-            Engine::PortableU8(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
-            Engine::PortableI16(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
-            #[cfg(target_arch = "x86_64")]
-            Engine::Avx2(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
-            #[cfg(target_arch = "x86_64")]
-            Engine::Avx2U8(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
-            #[cfg(target_arch = "x86_64")]
-            Engine::VnniU8(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
-            #[cfg(target_arch = "x86_64")]
-            Engine::VnniI16(p) => self.run_packed(p, xsl, &d, layout, range, out, scratch),
+            Engine::Packed(p) => p.run(self, xsl, &d, layout, range, out, scratch),
         }
     }
 
@@ -764,6 +736,54 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
 /// Rejects codes outside the input format (one vectorizable min/max pass), so the accumulator
 /// bound holds for every accepted input.
 #[inline(always)]
+/// Chooses and builds the layer's kernel (module docs, "Kernels"): `Auto` takes the first of
+/// [`KernelId::AUTO_ORDER`] that this CPU runs and that fits the layer's codes and accumulator bound.
+fn select_engine<A: Activation8or16, O: Activation8or16>(
+    choice: KernelChoice,
+    g: &Geom,
+    w: &[i64],
+    bias: &[i64],
+    acc_bound: i64,
+    wfmt: &[QFormat],
+) -> Result<Engine<A, O>> {
+    let fits_i32 = acc_bound <= i64::from(i32::MAX);
+    let wmin = wfmt.iter().map(|f| f.min_code()).min().unwrap_or(0);
+    let wmax = wfmt.iter().map(|f| f.max_code()).max().unwrap_or(0);
+    let fits = |id: KernelId| match id.codes() {
+        KernelCodes::Any => true,
+        KernelCodes::U8I8 => fits_i32 && A::MAX <= 255 && wmin >= -128 && wmax <= 127,
+        KernelCodes::I16I16 => fits_i32 && wmin >= -32768 && wmax <= 32767,
+    };
+    let want = match choice {
+        KernelChoice::Reference => KernelId::Reference,
+        KernelChoice::Auto if env_forces_reference() => KernelId::Reference,
+        KernelChoice::Auto => KernelId::AUTO_ORDER
+            .into_iter()
+            .find(|&id| id.is_supported() && fits(id))
+            .unwrap_or(KernelId::Reference),
+        KernelChoice::Force(id) => id,
+    };
+    if want == KernelId::Reference {
+        return Ok(Engine::Reference);
+    }
+    let unfit = |why: &str| {
+        Error::Unsupported(format!(
+            "kernel {} cannot run this layer: {why}",
+            want.name()
+        ))
+    };
+    if !fits(want) {
+        return Err(unfit(if fits_i32 {
+            "activation or weight codes too wide"
+        } else {
+            "the accumulator bound exceeds i32"
+        }));
+    }
+    packed_engine(want, g, w, bias)
+        .map(Engine::Packed)
+        .ok_or_else(|| unfit("this CPU lacks its instruction set"))
+}
+
 fn check_range<A: Activation8or16>(x: &[A], range: (i64, i64)) -> Result<()> {
     let Some(&first) = x.first() else {
         return Ok(());

@@ -148,6 +148,7 @@ pub enum KernelChoice {
 
 /// The kernels, by ISA and types. [`KernelId::name`] gives the `{arch}-{x}{w}{acc}-{isa}` name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum KernelId {
     /// Scalar, 64-bit accumulator, NCHW: the executable specification.
     Reference,
@@ -178,6 +179,30 @@ impl KernelId {
         KernelId::Avx512VnniI16I16,
     ];
 
+    /// The order in which [`KernelChoice::Auto`] tries the packed kernels (fastest first); the
+    /// reference is the fallback.
+    pub const AUTO_ORDER: [KernelId; 6] = [
+        KernelId::Avx512VnniU8I8,
+        KernelId::Avx512VnniI16I16,
+        KernelId::Avx2U8I8,
+        KernelId::Avx2I16I16,
+        KernelId::PortableU8I8,
+        KernelId::PortableI16I16,
+    ];
+
+    /// Which codes the kernel multiplies.
+    pub(crate) fn codes(self) -> KernelCodes {
+        match self {
+            KernelId::Reference => KernelCodes::Any,
+            KernelId::PortableU8I8 | KernelId::Avx2U8I8 | KernelId::Avx512VnniU8I8 => {
+                KernelCodes::U8I8
+            }
+            KernelId::PortableI16I16 | KernelId::Avx2I16I16 | KernelId::Avx512VnniI16I16 => {
+                KernelCodes::I16I16
+            }
+        }
+    }
+
     /// The kernel's name, e.g. `x86_64-u8i8i32-avx512vnni`.
     pub fn name(self) -> &'static str {
         match self {
@@ -207,6 +232,17 @@ impl KernelId {
             _ => false,
         }
     }
+}
+
+/// The codes a kernel takes: what the layer's formats must fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KernelCodes {
+    /// Any activation and weight codes, 64-bit accumulator (the reference).
+    Any,
+    /// u8 (or i8 via +128) activations × i8 weights, i32 accumulator.
+    U8I8,
+    /// i16 × i16 pairs, i32 accumulator.
+    I16I16,
 }
 
 impl std::fmt::Display for KernelId {

@@ -49,7 +49,7 @@ impl<'a> TileGeo<'a> {
 }
 
 /// Packed activation element: `u8` (VNNI) or `i16` (`vpmaddwd`).
-pub(crate) trait PackX: Copy + Default + Send + Sync + 'static {
+pub(crate) trait PackX: Copy + Default + std::fmt::Debug + Send + Sync + 'static {
     fn from_act<A: Activation8or16>(a: A) -> Self;
     fn zero_of<A: Activation8or16>() -> Self;
     fn buffer(s: &mut super::Scratch) -> &mut Vec<Self>;
@@ -83,7 +83,7 @@ impl PackX for i16 {
 }
 
 /// Packed weight element: `i8` or `i16`.
-pub(crate) trait PackW: Copy + Default + Send + Sync + 'static {
+pub(crate) trait PackW: Copy + Default + std::fmt::Debug + Send + Sync + 'static {
     fn from_code(v: i64) -> Self;
 }
 impl PackW for i8 {
@@ -131,7 +131,7 @@ impl From<TileOutOfBounds> for crate::Error {
 }
 
 /// One register-blocked tile: `acc[p·NR + c]` = Σ over taps, chunks and KW of x · w, wrapping i32.
-pub(crate) trait MicroKernel: Copy + Send + Sync + 'static {
+pub(crate) trait MicroKernel: Copy + std::fmt::Debug + Send + Sync + 'static {
     /// The kernel's name ([`super::KernelId::name`]).
     const NAME: &'static str;
     type X: PackX;
