@@ -516,3 +516,60 @@ fn reshape_and_concat_sizes_beyond_the_tensor_limit_are_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Outside audit, issue 15 item 4: `QTensor::from_codes_per_channel` accepted an empty axis with no
+/// formats, and `format()` / `format_of_channel` then panicked indexing `formats[0]` (evaluated
+/// eagerly even for a channel that exists).
+#[test]
+fn per_channel_qtensor_over_an_empty_axis_is_refused() {
+    use fixq::{QFormat, QTensor};
+    use ndarray::{ArrayD, IxDyn};
+    let empty = ArrayD::<i8>::zeros(IxDyn(&[0, 3]));
+    match QTensor::from_codes_per_channel(empty.clone(), 0, vec![]) {
+        Err(Error::InvalidArgument { name, reason }) => {
+            assert_eq!(name, "axis");
+            assert_eq!(
+                reason,
+                "axis 0 of shape [0, 3] has length 0: per-channel formats need at least one \
+                 channel (use QTensor::from_codes for an empty tensor)"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A format count that differs from the axis length, either way.
+    let f = QFormat::signed(4, 2).unwrap();
+    match QTensor::from_codes_per_channel(empty.clone(), 0, vec![f]) {
+        Err(Error::ShapeMismatch {
+            what,
+            expected,
+            found,
+        }) => {
+            assert_eq!(what, "per-channel formats along axis 0");
+            assert_eq!(expected, "0 formats");
+            assert_eq!(found, "1 formats");
+        }
+        other => panic!("{other:?}"),
+    }
+    let codes = ArrayD::<i8>::zeros(IxDyn(&[2, 3]));
+    match QTensor::from_codes_per_channel(codes.clone(), 1, vec![]) {
+        Err(Error::ShapeMismatch {
+            expected, found, ..
+        }) => assert_eq!(
+            (expected.as_str(), found.as_str()),
+            ("3 formats", "0 formats")
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The empty tensor itself is fine per tensor, and every accessor answers.
+    let t = QTensor::from_codes(empty, f).unwrap();
+    assert_eq!(
+        (t.format(), t.format_of_channel(0), t.format_of_channel(7)),
+        (f, f, f)
+    );
+    let g = QFormat::signed(8, 0).unwrap();
+    let t = QTensor::from_codes_per_channel(codes, 0, vec![f, g]).unwrap();
+    assert_eq!(
+        (t.format(), t.format_of_channel(1), t.format_of_channel(2)),
+        (f, g, f)
+    );
+}
