@@ -573,3 +573,64 @@ fn per_channel_qtensor_over_an_empty_axis_is_refused() {
         (f, g, f)
     );
 }
+
+/// Outside audit, issue 15 item 3: `pack::to_bytes` never checked that the channel axis is 0, so a
+/// tensor quantized per channel along axis 1 was written with row `c`'s codes at channel `c`'s
+/// format: for a square tensor, wrong codes that read back without complaint.
+#[test]
+fn pack_refuses_per_channel_formats_along_another_axis() {
+    use fixq::pack::{self, WeightCodes};
+    use fixq::{QFormat, QTensor};
+    use ndarray::{ArrayD, IxDyn};
+    let (s2, s8) = (
+        QFormat::signed(2, 0).unwrap(),
+        QFormat::signed(8, 0).unwrap(),
+    );
+    // Column 0 at 2 bits, column 1 at 8 bits.
+    let codes = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![-2i8, 100, 1, -100]).unwrap();
+    let w = WeightCodes {
+        node: "fc".into(),
+        codes: QTensor::from_codes_per_channel(codes, 1, vec![s2, s8]).unwrap(),
+    };
+    match pack::to_bytes(std::slice::from_ref(&w)) {
+        Err(Error::InvalidArgument { name, reason }) => {
+            assert_eq!(name, "weights");
+            assert_eq!(
+                reason,
+                "tensor 'fc': per-channel formats along axis 1 of shape [2, 2]; packed weights \
+                 hold them along axis 0 (the output channel)"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Its size is still counted per channel along its own axis: 2 elements x (2 + 8) bits.
+    assert_eq!(pack::payload_bits(&[w]), 20);
+}
+
+/// Outside audit, issue 15 item 3: an empty tensor was written, and then refused on read. It is now
+/// refused at write, naming the tensor.
+#[test]
+fn pack_refuses_an_empty_tensor_at_write() {
+    use fixq::pack::{self, WeightCodes};
+    use fixq::{QFormat, QTensor};
+    use ndarray::{ArrayD, IxDyn};
+    let w = WeightCodes {
+        node: "conv0".into(),
+        codes: QTensor::from_codes(
+            ArrayD::<i8>::zeros(IxDyn(&[0, 3, 3, 3])),
+            QFormat::signed(4, 2).unwrap(),
+        )
+        .unwrap(),
+    };
+    match pack::to_bytes(&[w]) {
+        Err(Error::InvalidArgument { name, reason }) => {
+            assert_eq!(name, "weights");
+            assert_eq!(
+                reason,
+                "tensor 'conv0': shape [0, 3, 3, 3] has no elements; packed weights hold \
+                 non-empty tensors"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

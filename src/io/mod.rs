@@ -1,9 +1,11 @@
-//! Readers for data sets and weights: IDX (MNIST), NumPy `.npy`, and `.safetensors`.
+//! Readers for data sets and weights: IDX (MNIST), NumPy `.npy`, and `.safetensors`; and the
+//! atomic file replacement the writers share.
 //!
 //! Every reader checks the sizes its header claims against the bytes actually present before
 //! allocating, and reports `Malformed { format, offset, reason }` for truncated or corrupt input.
 //! Nothing here panics on bad data.
 
+pub(crate) mod atomic;
 pub mod idx;
 mod json;
 pub mod npy;
