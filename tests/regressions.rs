@@ -109,10 +109,20 @@ fn every_reader_refuses_a_header_claiming_2_pow_40_elements_before_allocating() 
             fixq::io::idx::parse(&b)
         }),
     );
-    assert!(
-        e.to_string().contains("need Some(1099511627776) bytes"),
-        "{e}"
-    );
+    match e {
+        Error::Malformed {
+            format,
+            offset,
+            reason,
+        } => {
+            assert_eq!((format, offset), ("idx", 16));
+            assert_eq!(
+                reason,
+                "dimensions [1048576, 1024, 1024] need 1099511627776 bytes but 16 follow the header"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     let e = refused(
         "npy",
         largest_allocation(|| {
@@ -629,6 +639,46 @@ fn pack_refuses_an_empty_tensor_at_write() {
                 reason,
                 "tensor 'conv0': shape [0, 3, 3, 3] has no elements; packed weights hold \
                  non-empty tensors"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Outside audit, issue 15 item 6: the IDX and npy readers showed Rust debug text to users
+/// ("need Some(28800) bytes", "need None bytes"). They now print plain numbers.
+#[test]
+fn reader_size_messages_are_plain_numbers() {
+    let mut b = vec![0, 0, 8, 3];
+    for _ in 0..3 {
+        b.extend(u32::MAX.to_be_bytes());
+    }
+    match fixq::io::idx::parse(&b) {
+        Err(Error::Malformed {
+            format,
+            offset,
+            reason,
+        }) => {
+            assert_eq!((format, offset), ("idx", 16));
+            assert_eq!(
+                reason,
+                "dimensions [4294967295, 4294967295, 4294967295] need more than \
+                 9223372036854775807 bytes but 0 follow the header"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, 4), }}",
+        1u64 << 62
+    );
+    match fixq::io::npy::parse(&npy(&header, &[0; 8])) {
+        Err(Error::Malformed { format, reason, .. }) => {
+            assert_eq!(format, "npy");
+            assert_eq!(
+                reason,
+                "shape [4611686018427387904, 4] of <f4 needs more than 9223372036854775807 bytes \
+                 but 8 follow the header"
             );
         }
         other => panic!("{other:?}"),

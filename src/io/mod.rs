@@ -32,6 +32,15 @@ pub(crate) fn malformed(format: &'static str, offset: usize, reason: impl Into<S
     }
 }
 
+/// A byte count from [`byte_len`] for messages: the number, or "more than 9223372036854775807"
+/// (`isize::MAX`) where it overflowed.
+pub(crate) fn describe_len(len: Option<usize>) -> String {
+    match len {
+        Some(n) => n.to_string(),
+        None => format!("more than {}", isize::MAX),
+    }
+}
+
 /// Product of `dims` times `elem_size`, or `None` on overflow (or beyond `isize::MAX`).
 pub(crate) fn byte_len(dims: &[usize], elem_size: usize) -> Option<usize> {
     dims.iter()
