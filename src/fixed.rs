@@ -470,7 +470,8 @@ storage!(i8, i16, i32, u8, u16);
 /// A tensor of integer codes with the format(s) that give them meaning.
 ///
 /// Per-tensor: one [`QFormat`]. Per-channel: one format per index of [`QTensor::channel_axis`]
-/// (for OIHW weights, axis 0 = output channel).
+/// (for OIHW weights, axis 0 = output channel). Every constructor leaves at least one format, so
+/// [`QTensor::format`] and [`QTensor::format_of_channel`] always have an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QTensor<T: Storage, D: Dimension> {
     codes: Array<T, D>,
@@ -499,14 +500,25 @@ impl<T: Storage, D: RemoveAxis> QTensor<T, D> {
     /// Wraps existing codes with one format per channel along `axis`.
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] if `formats.len()` differs from the axis length, plus the errors of
-    /// [`QTensor::from_codes`].
+    /// [`Error::InvalidArgument`] if `axis` does not exist or has length 0 (no channel to give a
+    /// format); [`Error::ShapeMismatch`] if `formats.len()` differs from the axis length; plus the
+    /// errors of [`QTensor::from_codes`].
     pub fn from_codes_per_channel(
         codes: Array<T, D>,
         axis: usize,
         formats: Vec<QFormat>,
     ) -> Result<Self> {
         check_axis(codes.shape(), axis, formats.len())?;
+        if formats.is_empty() {
+            return Err(Error::InvalidArgument {
+                name: "axis",
+                reason: format!(
+                    "axis {axis} of shape {:?} has length 0: per-channel formats need at least \
+                     one channel (use QTensor::from_codes for an empty tensor)",
+                    codes.shape()
+                ),
+            });
+        }
         for f in &formats {
             check_fits::<T>(f)?;
         }
@@ -526,7 +538,7 @@ impl<T: Storage, D: RemoveAxis> QTensor<T, D> {
         formats: Vec<QFormat>,
         axis: Option<usize>,
     ) -> Self {
-        debug_assert!(check_codes(&codes, &formats, axis).is_ok());
+        debug_assert!(!formats.is_empty() && check_codes(&codes, &formats, axis).is_ok());
         Self {
             codes,
             formats,
@@ -545,6 +557,7 @@ impl<T: Storage, D: RemoveAxis> QTensor<T, D> {
     }
     /// The format of channel 0 (the only one when per-tensor).
     pub fn format(&self) -> QFormat {
+        // Never empty: every constructor checks (see the type's docs).
         self.formats[0]
     }
     /// All formats: one per-tensor, or one per channel along [`QTensor::channel_axis`].
@@ -555,9 +568,13 @@ impl<T: Storage, D: RemoveAxis> QTensor<T, D> {
     pub fn channel_axis(&self) -> Option<usize> {
         self.axis
     }
-    /// The format of channel `c` (the per-tensor format when not per-channel).
+    /// The format of channel `c` (the per-tensor format when not per-channel; channel 0's for a `c`
+    /// past the last channel).
     pub fn format_of_channel(&self, c: usize) -> QFormat {
-        self.formats.get(c).copied().unwrap_or(self.formats[0])
+        self.formats
+            .get(c)
+            .copied()
+            .unwrap_or_else(|| self.format())
     }
     /// The same tensor with a static dimension type (for example `IxDyn` to `Ix4`).
     ///

@@ -16,9 +16,21 @@ use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
 
-/// Largest number of elements any tensor may have (2^31, i.e. 8 GiB of `f32`); shape inference
-/// rejects graphs whose activations would exceed it rather than attempting the allocation.
+// Size limits. Shapes come from files, so every size is bounded here, in one place, before any
+// arithmetic on it: with each input dimension at most 2^24 and every tensor at most 2^31 elements,
+// shape inference's checked products and sums never come near `usize::MAX`.
+
+/// Largest number of elements any tensor may have (2^31, i.e. 8 GiB of `f32`), and largest size of
+/// any one dimension of any tensor; shape inference rejects graphs whose activations would exceed it
+/// rather than attempting the allocation.
 pub const MAX_TENSOR_ELEMENTS: usize = 1 << 31;
+
+/// Largest size of one dimension of the graph input, declared or given (2^24 = 16 777 216).
+pub const MAX_INPUT_DIM: usize = 1 << 24;
+
+/// Largest number of elements of one sample of the graph input (2^28 = 268 435 456, 1 GiB of
+/// `f32`): the product of every input dimension but the first, which is the batch.
+pub const MAX_SAMPLE_ELEMENTS: usize = 1 << 28;
 
 /// A 2-D sliding window shared by pooling operators.
 #[derive(Debug, Clone, PartialEq)]
@@ -226,6 +238,9 @@ impl Graph {
     /// - `InvalidArgument` if a name is empty, defined twice, or read before it is defined; if an
     ///   operator has the wrong number of inputs, an out-of-range attribute, or a `Conv` whose
     ///   weights or bias are not initializers; or if `output` is never produced.
+    /// - `Unsupported` if a declared input dimension exceeds [`MAX_INPUT_DIM`] or the declared
+    ///   dimensions after the first multiply to more than [`MAX_SAMPLE_ELEMENTS`] (unknown ones
+    ///   count as 1).
     /// - `ShapeMismatch` / `Unsupported` from shape inference on the declared input shape.
     ///
     /// # Examples
@@ -246,6 +261,7 @@ impl Graph {
         if input.name.is_empty() || output.is_empty() {
             return Err(invalid("input and output names must not be empty".into()));
         }
+        check_input_dims(&input.name, &input.shape)?;
         let mut inits = BTreeMap::new();
         for (name, array) in initializers {
             if name.is_empty() || name == input.name {
@@ -454,7 +470,8 @@ impl Graph {
     /// # Errors
     /// - `ShapeMismatch` if `input_shape` contradicts a known input dimension or rank, or if an
     ///   operator's inputs do not fit together (e.g. Conv channels vs weights).
-    /// - `Unsupported` for a shape the executor does not handle (e.g. non-4-D Conv input), or an
+    /// - `Unsupported` for a shape the executor does not handle (e.g. non-4-D Conv input), an
+    ///   input beyond [`MAX_INPUT_DIM`], [`MAX_SAMPLE_ELEMENTS`] or [`MAX_TENSOR_ELEMENTS`], or an
     ///   output larger than [`MAX_TENSOR_ELEMENTS`].
     ///
     /// # Examples
@@ -479,6 +496,18 @@ impl Graph {
                 format_dims(declared),
                 format!("{input_shape:?}"),
             ));
+        }
+        let given: Vec<Option<usize>> = input_shape.iter().copied().map(Some).collect();
+        check_input_dims(&self.input.name, &given)?;
+        if input_shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .is_none_or(|n| n > MAX_TENSOR_ELEMENTS)
+        {
+            return Err(Error::Unsupported(format!(
+                "input '{}' of shape {input_shape:?} has more than {MAX_TENSOR_ELEMENTS} elements",
+                self.input.name
+            )));
         }
         let mut known: HashMap<&str, usize> = HashMap::new();
         let mut out: Vec<Vec<usize>> = Vec::with_capacity(self.nodes.len());
@@ -532,6 +561,35 @@ fn format_dims(dims: &[Option<usize>]) -> String {
         .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
         .collect();
     format!("[{}]", parts.join(", "))
+}
+
+/// The input size limits: each known dimension at most [`MAX_INPUT_DIM`], the known dimensions
+/// after the first (the batch) at most [`MAX_SAMPLE_ELEMENTS`] together. With every factor at most
+/// 2^24 and the running product saturating, nothing here can overflow.
+fn check_input_dims(name: &str, dims: &[Option<usize>]) -> Result<()> {
+    if let Some((i, d)) = dims
+        .iter()
+        .enumerate()
+        .find_map(|(i, d)| d.filter(|&d| d > MAX_INPUT_DIM).map(|d| (i, d)))
+    {
+        return Err(Error::Unsupported(format!(
+            "input '{name}' of shape {}: dimension {i} is {d}, more than the {MAX_INPUT_DIM} \
+             fixq accepts",
+            format_dims(dims)
+        )));
+    }
+    let mut sample = 1usize;
+    for d in dims.iter().skip(1).flatten() {
+        sample = sample.saturating_mul(*d);
+        if sample > MAX_SAMPLE_ELEMENTS {
+            return Err(Error::Unsupported(format!(
+                "input '{name}' of shape {}: one sample (every dimension but the first) has more \
+                 than the {MAX_SAMPLE_ELEMENTS} elements fixq accepts",
+                format_dims(dims)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Range checks that need no shapes.

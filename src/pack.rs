@@ -16,6 +16,10 @@
 //! length against the bytes that remain **before** allocating, so a header that claims a huge tensor is
 //! rejected without allocating it.
 //!
+//! Only what the reader accepts is written: [`to_bytes`] refuses an empty tensor (a weight tensor
+//! with no elements has nothing to pack, and the reader refuses one) and a per-channel tensor whose
+//! channel axis is not 0, so every file it writes reads back equal.
+//!
 //! # Example
 //! ```
 //! use fixq::pack::{self, WeightCodes};
@@ -42,7 +46,7 @@ const VERSION: u32 = 1;
 pub const MAX_ELEMENTS: u64 = 1 << 31;
 
 /// A weight tensor in integer codes at its formats (one, or one per index of axis 0), with the node
-/// that uses it.
+/// that uses it. [`to_bytes`] refuses other channel axes and empty tensors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightCodes {
     /// The node (Conv, Gemm or MatMul) that uses the weights.
@@ -58,15 +62,14 @@ pub fn payload_bits(tensors: &[WeightCodes]) -> u64 {
 
 fn tensor_payload_bits(w: &WeightCodes) -> u64 {
     let c = w.codes.codes();
+    let len = c.len() as u64;
     match w.codes.channel_axis() {
-        None => c.len() as u64 * u64::from(w.codes.format().bits()),
-        Some(_) => {
-            let per = c.len() as u64 / c.shape().first().copied().unwrap_or(1).max(1) as u64;
-            w.codes
-                .formats()
-                .iter()
-                .map(|f| per * u64::from(f.bits()))
-                .sum()
+        None => len.saturating_mul(u64::from(w.codes.format().bits())),
+        Some(axis) => {
+            let per = len / c.shape().get(axis).copied().unwrap_or(1).max(1) as u64;
+            w.codes.formats().iter().fold(0u64, |acc, f| {
+                acc.saturating_add(per.saturating_mul(u64::from(f.bits())))
+            })
         }
     }
 }
@@ -78,8 +81,11 @@ struct BitWriter {
 }
 
 impl BitWriter {
+    /// Appends the low `bits` bits of `v` (1..=8; higher bits are masked off, so a bad value cannot
+    /// corrupt its neighbours).
     fn put(&mut self, v: u64, bits: u32) {
-        self.acc |= v << self.n;
+        debug_assert!((1..=8).contains(&bits));
+        self.acc |= (v & ((1 << bits) - 1)) << self.n;
         self.n += bits;
         while self.n >= 8 {
             self.bytes.push(self.acc as u8);
@@ -98,15 +104,44 @@ impl BitWriter {
 /// Serialises weight tensors.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] for a name longer than 65 535 bytes, a rank above 8, or a width above 8.
+/// [`Error::InvalidArgument`] naming the tensor for a name longer than 65 535 bytes, a rank of 0 or
+/// above 8, a width above 8, no elements, or per-channel formats along an axis other than 0; and
+/// for more than `u32::MAX` tensors.
 pub fn to_bytes(tensors: &[WeightCodes]) -> Result<Vec<u8>> {
+    let invalid = |w: &WeightCodes, what: String| Error::InvalidArgument {
+        name: "weights",
+        reason: format!("tensor '{}': {what}", w.node),
+    };
+    let count = u32::try_from(tensors.len()).map_err(|_| Error::InvalidArgument {
+        name: "weights",
+        reason: format!(
+            "{} tensors; a packed file holds at most {}",
+            tensors.len(),
+            u32::MAX
+        ),
+    })?;
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(tensors.len() as u32).to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
     for w in tensors {
         let name = w.node.as_bytes();
         let shape = w.codes.codes().shape();
+        if let Some(axis) = w.codes.channel_axis().filter(|&a| a != 0) {
+            return Err(invalid(
+                w,
+                format!(
+                    "per-channel formats along axis {axis} of shape {shape:?}; packed weights \
+                     hold them along axis 0 (the output channel)"
+                ),
+            ));
+        }
+        if w.codes.codes().is_empty() {
+            return Err(invalid(
+                w,
+                format!("shape {shape:?} has no elements; packed weights hold non-empty tensors"),
+            ));
+        }
         if name.len() > usize::from(u16::MAX) || shape.is_empty() || shape.len() > 8 {
             return Err(Error::InvalidArgument {
                 name: "weights",
@@ -125,6 +160,7 @@ pub fn to_bytes(tensors: &[WeightCodes]) -> Result<Vec<u8>> {
             out.extend_from_slice(&(d as u64).to_le_bytes());
         }
         let formats = w.codes.formats();
+        // At most shape[0] formats, and shape[0] <= the element count, which fits in memory.
         out.extend_from_slice(&(formats.len() as u32).to_le_bytes());
         for f in formats {
             if f.bits() > 8 {
@@ -152,7 +188,15 @@ pub fn to_bytes(tensors: &[WeightCodes]) -> Result<Vec<u8>> {
         for (c, lane) in codes.axis_iter(Axis(0)).enumerate() {
             let f = w.codes.format_of_channel(c);
             for &q in lane.iter() {
-                bw.put((i64::from(q) - f.min_code()) as u64, f.bits());
+                // In range by QTensor's construction; checked so that no file holds a wrong code.
+                let offset = i64::from(q) - f.min_code();
+                if offset < 0 || offset >= 1 << f.bits() {
+                    return Err(invalid(
+                        w,
+                        format!("code {q} of channel {c} is outside {f}'s range"),
+                    ));
+                }
+                bw.put(offset as u64, f.bits());
             }
         }
         out.extend_from_slice(&bw.finish());
@@ -330,21 +374,17 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Vec<WeightCodes>> {
     Ok(out)
 }
 
-/// Writes weight tensors to `path` (see [`to_bytes`]). An existing file is replaced only after the
-/// whole content is written to a temporary file beside it.
+/// Writes weight tensors to `path` (see [`to_bytes`]), atomically: the bytes go to a new temporary
+/// file beside it (created exclusively, so no existing file or planted symlink is followed or
+/// overwritten), which is synced and then renamed over `path`; a reader sees the old file or the
+/// new one, never a part. On error the temporary file is removed and an existing file is left as
+/// it was.
 ///
 /// # Errors
-/// As [`to_bytes`]; [`Error::Io`] naming the path.
+/// As [`to_bytes`] (before anything is written); [`Error::Io`] naming the path.
 pub fn write(path: impl AsRef<Path>, tensors: &[WeightCodes]) -> Result<()> {
-    let path = path.as_ref();
     let bytes = to_bytes(tensors)?;
-    let tmp = path.with_extension("fixqpack.tmp");
-    let io = |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    std::fs::write(&tmp, &bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::io::atomic::write_atomic(path.as_ref(), &bytes)
 }
 
 /// Reads weight tensors from `path` (see [`from_bytes`]).
@@ -409,6 +449,107 @@ mod tests {
                 let _ = from_bytes(&b);
             }
         }
+    }
+
+    #[test]
+    fn bit_writer_masks_values_wider_than_their_width() {
+        let mut bw = BitWriter {
+            bytes: Vec::new(),
+            acc: 0,
+            n: 0,
+        };
+        // 0xff in 3 bits is 0b111, and the 5 bits after it stay 0.
+        bw.put(0xff, 3);
+        bw.put(0, 5);
+        bw.put(0b1, 1);
+        assert_eq!(bw.finish(), vec![0b0000_0111, 0b1]);
+    }
+
+    /// A fresh, empty directory for one test.
+    fn scratch(test: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("fixq-pack-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn write_then_read_round_trips_and_replaces() {
+        let d = scratch("round-trip");
+        let p = d.join("w.fixqpack");
+        let w = sample();
+        write(&p, &w).unwrap();
+        assert_eq!(read(&p).unwrap(), w);
+        assert_eq!(std::fs::read(&p).unwrap(), to_bytes(&w).unwrap());
+        // Replacing with fewer tensors leaves exactly the new content, and nothing else in the
+        // directory.
+        write(&p, &w[1..]).unwrap();
+        assert_eq!(read(&p).unwrap(), w[1..].to_vec());
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("w.fixqpack")]);
+        // No tensors at all is a valid file too.
+        write(&p, &[]).unwrap();
+        assert_eq!(read(&p).unwrap(), vec![]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn write_does_not_touch_a_file_or_symlink_at_the_old_temporary_name() {
+        // Before issue 15, write used the fixed name `w.fixqpack.tmp`: it overwrote such a file and
+        // followed a symlink planted there.
+        let d = scratch("old-temp-name");
+        let p = d.join("w.fixqpack");
+        let old_tmp = d.join("w.fixqpack.tmp");
+        std::fs::write(&old_tmp, b"someone else's").unwrap();
+        write(&p, &sample()).unwrap();
+        assert_eq!(std::fs::read(&old_tmp).unwrap(), b"someone else's");
+        #[cfg(unix)]
+        {
+            let other = d.join("other.fixqpack");
+            let victim = d.join("victim");
+            std::fs::write(&victim, b"do not follow").unwrap();
+            std::os::unix::fs::symlink(&victim, d.join("other.fixqpack.tmp")).unwrap();
+            write(&other, &sample()).unwrap();
+            assert_eq!(std::fs::read(&victim).unwrap(), b"do not follow");
+            assert_eq!(read(&other).unwrap(), sample());
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let d = scratch("failed");
+        let p = d.join("w.fixqpack");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("inside"), b"kept").unwrap();
+        match write(&p, &sample()) {
+            Err(Error::Io { path, .. }) => assert_eq!(path, p.display().to_string()),
+            other => panic!("{other:?}"),
+        }
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("w.fixqpack")]);
+        // Refused by to_bytes: nothing is created at all.
+        let empty = WeightCodes {
+            node: "e".into(),
+            codes: QTensor::from_codes(
+                ArrayD::<i8>::zeros(IxDyn(&[0, 2])),
+                QFormat::signed(4, 0).unwrap(),
+            )
+            .unwrap(),
+        };
+        let q = d.join("e.fixqpack");
+        assert!(matches!(
+            write(&q, &[empty]),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(!q.exists());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

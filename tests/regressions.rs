@@ -109,10 +109,20 @@ fn every_reader_refuses_a_header_claiming_2_pow_40_elements_before_allocating() 
             fixq::io::idx::parse(&b)
         }),
     );
-    assert!(
-        e.to_string().contains("need Some(1099511627776) bytes"),
-        "{e}"
-    );
+    match e {
+        Error::Malformed {
+            format,
+            offset,
+            reason,
+        } => {
+            assert_eq!((format, offset), ("idx", 16));
+            assert_eq!(
+                reason,
+                "dimensions [1048576, 1024, 1024] need 1099511627776 bytes but 16 follow the header"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     let e = refused(
         "npy",
         largest_allocation(|| {
@@ -252,4 +262,425 @@ fn qformat_with_i32_min_fractional_bits_is_refused() {
         "invalid frac_bits: -2147483648 is outside -100..=100"
     );
     assert!(fixq::QFormat::signed(8, i32::MAX).is_err());
+}
+
+/// An ONNX model: input `x` of `dims`, one node `n0` of `op_type` with integer-list attributes
+/// `ints`, output `y` of `out_dims`.
+fn onnx_one_node(
+    op_type: &str,
+    dims: &[u64],
+    out_dims: &[u64],
+    ints: &[(&str, &[i64])],
+) -> Vec<u8> {
+    use common::{field_bytes, field_varint, value_info};
+    let mut node = Vec::new();
+    field_bytes(1, b"x", &mut node);
+    field_bytes(2, b"y", &mut node);
+    field_bytes(3, b"n0", &mut node);
+    field_bytes(4, op_type.as_bytes(), &mut node);
+    for (name, values) in ints {
+        let mut a = Vec::new();
+        field_bytes(1, name.as_bytes(), &mut a);
+        field_varint(20, 7, &mut a); // INTS
+        for &v in *values {
+            field_varint(8, v as u64, &mut a); // two's complement, as protobuf encodes int64
+        }
+        field_bytes(5, &a, &mut node);
+    }
+    let mut graph = Vec::new();
+    field_bytes(1, &node, &mut graph);
+    field_bytes(11, &value_info("x", dims), &mut graph);
+    field_bytes(12, &value_info("y", out_dims), &mut graph);
+    let mut opset = Vec::new();
+    field_varint(2, 13, &mut opset);
+    let mut m = Vec::new();
+    field_varint(1, 8, &mut m);
+    field_bytes(7, &graph, &mut m);
+    field_bytes(8, &opset, &mut m);
+    m
+}
+
+/// Outside audit, issue 15 item 1: shape inference accepted a begin pad past the data together with
+/// an end crop (pads [10, -10] on a length-5 axis gives length 5), and the float executor then
+/// panicked copying a range that starts past the axis. Import now refuses it, naming node, axis,
+/// pads and axis length.
+#[test]
+fn pad_whose_end_crop_reaches_into_its_begin_padding_is_refused_at_import() {
+    let bytes = onnx_one_node("Pad", &[1, 5], &[1, 5], &[("pads", &[0, 10, 0, -10])]);
+    match fixq::Graph::from_onnx_bytes(&bytes) {
+        Err(Error::ShapeMismatch {
+            what,
+            expected,
+            found,
+        }) => {
+            assert_eq!(
+                what,
+                "node 'n0' (Pad): pads [0, 10, 0, -10] on axis 1 (length 5)"
+            );
+            assert_eq!(
+                expected,
+                "crops (negative pads) that remove at most the axis's 5 elements in total"
+            );
+            assert_eq!(found, "begin 10, end -10: 10 elements cropped");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Crops that stay within the data import, and the executor runs them: a begin pad of 2 with
+    // an end crop of 3, and an end crop of the whole axis.
+    let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, 5]), vec![1.0f32, 2., 3., 4., 5.])
+        .unwrap();
+    for (pads, out) in [
+        ([0, 2, 0, -3], vec![0.0f32, 0., 1., 2.]),
+        ([0, 3, 0, -5], vec![0.0, 0., 0.]),
+    ] {
+        let n = out.len() as u64;
+        let g = fixq::Graph::from_onnx_bytes(&onnx_one_node(
+            "Pad",
+            &[1, 5],
+            &[1, n],
+            &[("pads", &pads)],
+        ))
+        .unwrap();
+        let y = fixq::exec::FloatExecutor::new(&g).run(x.view()).unwrap();
+        assert_eq!(y.as_slice().unwrap(), &out[..], "pads {pads:?}");
+    }
+}
+
+/// Outside audit, issue 15 item 1: pads near `i64::MAX` were added to the axis length unchecked.
+#[test]
+fn pad_near_i64_max_is_refused_at_import() {
+    let bytes = onnx_one_node("Pad", &[1, 4], &[1, 4], &[("pads", &[0, 0, 0, i64::MAX])]);
+    match fixq::Graph::from_onnx_bytes(&bytes) {
+        Err(Error::Unsupported(m)) => assert_eq!(
+            m,
+            "node 'n0' (Pad): pads [0, 0, 0, 9223372036854775807] on axis 1 (length 4): begin 0, \
+             end 9223372036854775807 give 9223372036854775811 elements, more than 2147483648"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let bytes = onnx_one_node(
+        "Pad",
+        &[1, 4],
+        &[1, 4],
+        &[("pads", &[0, i64::MIN, 0, i64::MIN])],
+    );
+    match fixq::Graph::from_onnx_bytes(&bytes) {
+        Err(Error::ShapeMismatch { what, found, .. }) => {
+            assert_eq!(
+                what,
+                "node 'n0' (Pad): pads [0, -9223372036854775808, 0, -9223372036854775808] on axis \
+                 1 (length 4)"
+            );
+            assert_eq!(
+                found,
+                "begin -9223372036854775808, end -9223372036854775808: 18446744073709551616 \
+                 elements cropped"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Outside audit, issue 15 item 2: a model declaring input [1, 2^32, 2^32] imported without
+/// complaint. Declared dimensions are now bounded by `graph::MAX_INPUT_DIM` (2^24) each and
+/// `graph::MAX_SAMPLE_ELEMENTS` (2^28) per sample.
+#[test]
+fn declared_input_dimensions_beyond_the_limits_are_refused_at_import() {
+    let relu = |dims: &[u64]| fixq::Graph::from_onnx_bytes(&onnx_one_node("Relu", dims, dims, &[]));
+    match relu(&[1, 1 << 32, 1 << 32]) {
+        Err(Error::Unsupported(m)) => assert_eq!(
+            m,
+            "input 'x' of shape [1, 4294967296, 4294967296]: dimension 1 is 4294967296, more than \
+             the 16777216 fixq accepts"
+        ),
+        other => panic!("{other:?}"),
+    }
+    match relu(&[1, 1 << 15, 1 << 15]) {
+        Err(Error::Unsupported(m)) => assert_eq!(
+            m,
+            "input 'x' of shape [1, 32768, 32768]: one sample (every dimension but the first) has \
+             more than the 268435456 elements fixq accepts"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // At the limits: 2^24 per dimension, 2^28 per sample.
+    let g = relu(&[1, 1 << 24, 1 << 4]).unwrap();
+    assert_eq!(g.input().shape, vec![Some(1), Some(1 << 24), Some(1 << 4)]);
+    // A batch given at run time is bounded too.
+    let g = fixq::Graph::new(
+        fixq::graph::TensorInfo {
+            name: "x".into(),
+            shape: vec![None, Some(1 << 8)],
+        },
+        "y",
+        vec![fixq::graph::Node {
+            name: "r".into(),
+            op: fixq::graph::Op::Relu,
+            inputs: vec!["x".into()],
+            output: "y".into(),
+        }],
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(
+        g.infer_shapes(&[1 << 23, 1 << 8]).unwrap(),
+        vec![vec![1 << 23, 1 << 8]]
+    );
+    match g.infer_shapes(&[1 << 24, 1 << 8]) {
+        Err(Error::Unsupported(m)) => assert_eq!(
+            m,
+            "input 'x' of shape [16777216, 256] has more than 2147483648 elements"
+        ),
+        other => panic!("{other:?}"),
+    }
+    match g.infer_shapes(&[1 << 25, 1 << 8]) {
+        Err(Error::Unsupported(m)) => assert!(m.contains("dimension 0 is 33554432"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Outside audit, issue 15 item 2: Flatten multiplied dimensions unchecked (an overflow panic with
+/// overflow checks, a wrapped shape without). Three axes of 2^31 padded onto a zero-size batch hold
+/// no elements, so only Flatten's product sees the 2^93.
+#[test]
+fn flatten_of_dimensions_whose_product_overflows_is_refused() {
+    use fixq::graph::{Node, Op, TensorInfo};
+    let m = (1i64 << 31) - 1;
+    let nodes = vec![
+        Node {
+            name: "p".into(),
+            op: Op::Pad {
+                pads: vec![0, 0, 0, 0, 0, m, m, m],
+                value: 0.0,
+            },
+            inputs: vec!["x".into()],
+            output: "padded".into(),
+        },
+        Node {
+            name: "f".into(),
+            op: Op::Flatten { axis: 1 },
+            inputs: vec!["padded".into()],
+            output: "y".into(),
+        },
+    ];
+    let input = TensorInfo {
+        name: "x".into(),
+        shape: vec![Some(0), Some(1), Some(1), Some(1)],
+    };
+    match fixq::Graph::new(input, "y", nodes, vec![]) {
+        Err(Error::Unsupported(m)) => assert_eq!(
+            m,
+            "node 'f' (Flatten): the dimensions from the axis on [2147483648, 2147483648, \
+             2147483648] hold more than 2147483648 elements"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Outside audit, issue 15 item 2: Reshape's literal dimensions and Concat's sum were unbounded; a
+/// zero-size tensor reshaped to [0, i64::MAX] was accepted, and Concat then summed past `usize`.
+#[test]
+fn reshape_and_concat_sizes_beyond_the_tensor_limit_are_refused() {
+    use fixq::graph::{Node, Op, TensorInfo};
+    let input = || TensorInfo {
+        name: "x".into(),
+        shape: vec![Some(0), Some(4)],
+    };
+    let reshape = Node {
+        name: "r".into(),
+        op: Op::Reshape {
+            shape: vec![0, i64::MAX],
+            allow_zero: true,
+        },
+        inputs: vec!["x".into()],
+        output: "y".into(),
+    };
+    match fixq::Graph::new(input(), "y", vec![reshape], vec![]) {
+        Err(Error::Unsupported(m)) => assert_eq!(
+            m,
+            "node 'r' (Reshape): output dimension 1 of [0, 9223372036854775807] is \
+             9223372036854775807, more than 2147483648"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let pad = Node {
+        name: "p".into(),
+        op: Op::Pad {
+            pads: vec![0, (1 << 30) - 4, 0, 1 << 30],
+            value: 0.0,
+        },
+        inputs: vec!["x".into()],
+        output: "wide".into(),
+    };
+    let concat = Node {
+        name: "c".into(),
+        op: Op::Concat { axis: 1 },
+        inputs: vec!["wide".into(), "wide".into(), "x".into()],
+        output: "y".into(),
+    };
+    match fixq::Graph::new(input(), "y", vec![pad, concat], vec![]) {
+        Err(Error::Unsupported(m)) => assert_eq!(
+            m,
+            "node 'c' (Concat): the inputs' sizes along axis 1 add up to more than 2147483648"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Outside audit, issue 15 item 4: `QTensor::from_codes_per_channel` accepted an empty axis with no
+/// formats, and `format()` / `format_of_channel` then panicked indexing `formats[0]` (evaluated
+/// eagerly even for a channel that exists).
+#[test]
+fn per_channel_qtensor_over_an_empty_axis_is_refused() {
+    use fixq::{QFormat, QTensor};
+    use ndarray::{ArrayD, IxDyn};
+    let empty = ArrayD::<i8>::zeros(IxDyn(&[0, 3]));
+    match QTensor::from_codes_per_channel(empty.clone(), 0, vec![]) {
+        Err(Error::InvalidArgument { name, reason }) => {
+            assert_eq!(name, "axis");
+            assert_eq!(
+                reason,
+                "axis 0 of shape [0, 3] has length 0: per-channel formats need at least one \
+                 channel (use QTensor::from_codes for an empty tensor)"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A format count that differs from the axis length, either way.
+    let f = QFormat::signed(4, 2).unwrap();
+    match QTensor::from_codes_per_channel(empty.clone(), 0, vec![f]) {
+        Err(Error::ShapeMismatch {
+            what,
+            expected,
+            found,
+        }) => {
+            assert_eq!(what, "per-channel formats along axis 0");
+            assert_eq!(expected, "0 formats");
+            assert_eq!(found, "1 formats");
+        }
+        other => panic!("{other:?}"),
+    }
+    let codes = ArrayD::<i8>::zeros(IxDyn(&[2, 3]));
+    match QTensor::from_codes_per_channel(codes.clone(), 1, vec![]) {
+        Err(Error::ShapeMismatch {
+            expected, found, ..
+        }) => assert_eq!(
+            (expected.as_str(), found.as_str()),
+            ("3 formats", "0 formats")
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The empty tensor itself is fine per tensor, and every accessor answers.
+    let t = QTensor::from_codes(empty, f).unwrap();
+    assert_eq!(
+        (t.format(), t.format_of_channel(0), t.format_of_channel(7)),
+        (f, f, f)
+    );
+    let g = QFormat::signed(8, 0).unwrap();
+    let t = QTensor::from_codes_per_channel(codes, 0, vec![f, g]).unwrap();
+    assert_eq!(
+        (t.format(), t.format_of_channel(1), t.format_of_channel(2)),
+        (f, g, f)
+    );
+}
+
+/// Outside audit, issue 15 item 3: `pack::to_bytes` never checked that the channel axis is 0, so a
+/// tensor quantized per channel along axis 1 was written with row `c`'s codes at channel `c`'s
+/// format: for a square tensor, wrong codes that read back without complaint.
+#[test]
+fn pack_refuses_per_channel_formats_along_another_axis() {
+    use fixq::pack::{self, WeightCodes};
+    use fixq::{QFormat, QTensor};
+    use ndarray::{ArrayD, IxDyn};
+    let (s2, s8) = (
+        QFormat::signed(2, 0).unwrap(),
+        QFormat::signed(8, 0).unwrap(),
+    );
+    // Column 0 at 2 bits, column 1 at 8 bits.
+    let codes = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![-2i8, 100, 1, -100]).unwrap();
+    let w = WeightCodes {
+        node: "fc".into(),
+        codes: QTensor::from_codes_per_channel(codes, 1, vec![s2, s8]).unwrap(),
+    };
+    match pack::to_bytes(std::slice::from_ref(&w)) {
+        Err(Error::InvalidArgument { name, reason }) => {
+            assert_eq!(name, "weights");
+            assert_eq!(
+                reason,
+                "tensor 'fc': per-channel formats along axis 1 of shape [2, 2]; packed weights \
+                 hold them along axis 0 (the output channel)"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Its size is still counted per channel along its own axis: 2 elements x (2 + 8) bits.
+    assert_eq!(pack::payload_bits(&[w]), 20);
+}
+
+/// Outside audit, issue 15 item 3: an empty tensor was written, and then refused on read. It is now
+/// refused at write, naming the tensor.
+#[test]
+fn pack_refuses_an_empty_tensor_at_write() {
+    use fixq::pack::{self, WeightCodes};
+    use fixq::{QFormat, QTensor};
+    use ndarray::{ArrayD, IxDyn};
+    let w = WeightCodes {
+        node: "conv0".into(),
+        codes: QTensor::from_codes(
+            ArrayD::<i8>::zeros(IxDyn(&[0, 3, 3, 3])),
+            QFormat::signed(4, 2).unwrap(),
+        )
+        .unwrap(),
+    };
+    match pack::to_bytes(&[w]) {
+        Err(Error::InvalidArgument { name, reason }) => {
+            assert_eq!(name, "weights");
+            assert_eq!(
+                reason,
+                "tensor 'conv0': shape [0, 3, 3, 3] has no elements; packed weights hold \
+                 non-empty tensors"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Outside audit, issue 15 item 6: the IDX and npy readers showed Rust debug text to users
+/// ("need Some(28800) bytes", "need None bytes"). They now print plain numbers.
+#[test]
+fn reader_size_messages_are_plain_numbers() {
+    let mut b = vec![0, 0, 8, 3];
+    for _ in 0..3 {
+        b.extend(u32::MAX.to_be_bytes());
+    }
+    match fixq::io::idx::parse(&b) {
+        Err(Error::Malformed {
+            format,
+            offset,
+            reason,
+        }) => {
+            assert_eq!((format, offset), ("idx", 16));
+            assert_eq!(
+                reason,
+                "dimensions [4294967295, 4294967295, 4294967295] need more than \
+                 9223372036854775807 bytes but 0 follow the header"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, 4), }}",
+        1u64 << 62
+    );
+    match fixq::io::npy::parse(&npy(&header, &[0; 8])) {
+        Err(Error::Malformed { format, reason, .. }) => {
+            assert_eq!(format, "npy");
+            assert_eq!(
+                reason,
+                "shape [4611686018427387904, 4] of <f4 needs more than 9223372036854775807 bytes \
+                 but 8 follow the header"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }

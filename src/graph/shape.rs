@@ -1,7 +1,7 @@
 //! Shape inference for each operator, and the index arithmetic the executors share with it.
 
 use crate::error::{Error, Result};
-use crate::graph::{Node, Op, Pool2d};
+use crate::graph::{MAX_TENSOR_ELEMENTS, Node, Op, Pool2d};
 
 fn mismatch(what: &str, expected: impl Into<String>, found: impl std::fmt::Debug) -> Error {
     Error::ShapeMismatch {
@@ -11,10 +11,15 @@ fn mismatch(what: &str, expected: impl Into<String>, found: impl std::fmt::Debug
     }
 }
 
-/// Output size of a sliding window along one axis, or `None` if the window never fits.
+/// Output size of a sliding window along one axis: `Ok(None)` if the window never fits (or `kernel`,
+/// `stride` or `dilation` is 0, which [`Graph::new`](crate::graph::Graph::new) refuses first).
 ///
 /// `out = floor_or_ceil((len + pad_begin + pad_end - ((kernel - 1) * dilation + 1)) / stride) + 1`;
 /// with `ceil`, a last window starting at or past `len + pad_begin` is dropped (ONNX / PyTorch rule).
+///
+/// # Errors
+/// [`Error::Unsupported`] naming the sizes if the padded length or the dilated window overflows
+/// `usize`.
 pub(crate) fn window_out(
     len: usize,
     kernel: usize,
@@ -22,22 +27,37 @@ pub(crate) fn window_out(
     dilation: usize,
     pad: (usize, usize),
     ceil: bool,
-) -> Option<usize> {
-    let span = kernel
-        .checked_sub(1)?
-        .checked_mul(dilation)?
-        .checked_add(1)?;
-    let padded = len.checked_add(pad.0)?.checked_add(pad.1)?;
-    let room = padded.checked_sub(span)?;
-    let mut out = if ceil {
+) -> Result<Option<usize>> {
+    let overflow = || {
+        Error::Unsupported(format!(
+            "a window of {kernel} taps at dilation {dilation} over {len} elements padded by {} + {} \
+             overflows usize",
+            pad.0, pad.1
+        ))
+    };
+    if kernel == 0 || stride == 0 || dilation == 0 {
+        return Ok(None);
+    }
+    let span = (kernel - 1)
+        .checked_mul(dilation)
+        .and_then(|s| s.checked_add(1))
+        .ok_or_else(overflow)?;
+    let begin = len.checked_add(pad.0).ok_or_else(overflow)?;
+    let padded = begin.checked_add(pad.1).ok_or_else(overflow)?;
+    let Some(room) = padded.checked_sub(span) else {
+        return Ok(None);
+    };
+    let steps = if ceil {
         room.div_ceil(stride)
     } else {
         room / stride
-    } + 1;
-    if ceil && (out - 1) * stride >= len + pad.0 {
+    };
+    let mut out = steps.checked_add(1).ok_or_else(overflow)?;
+    // A product past usize::MAX certainly starts past `begin`.
+    if ceil && steps.checked_mul(stride).is_none_or(|start| start >= begin) {
         out -= 1;
     }
-    Some(out)
+    Ok(Some(out))
 }
 
 fn spatial(
@@ -49,8 +69,8 @@ fn spatial(
     pad: [usize; 4],
     ceil: bool,
 ) -> Result<[usize; 2]> {
-    let oh = window_out(h, kernel[0], stride[0], dilation[0], (pad[0], pad[2]), ceil);
-    let ow = window_out(w, kernel[1], stride[1], dilation[1], (pad[1], pad[3]), ceil);
+    let oh = window_out(h, kernel[0], stride[0], dilation[0], (pad[0], pad[2]), ceil)?;
+    let ow = window_out(w, kernel[1], stride[1], dilation[1], (pad[1], pad[3]), ceil)?;
     match (oh, ow) {
         (Some(oh), Some(ow)) if oh > 0 && ow > 0 => Ok([oh, ow]),
         _ => Err(mismatch(
@@ -59,6 +79,18 @@ fn spatial(
             [h, w],
         )),
     }
+}
+
+/// Product of `dims`, refused past [`MAX_TENSOR_ELEMENTS`] (so it can neither overflow nor wrap).
+fn elements(dims: &[usize], what: &str) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_TENSOR_ELEMENTS)
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{what} {dims:?} hold more than {MAX_TENSOR_ELEMENTS} elements"
+            ))
+        })
 }
 
 fn nchw<'a>(shape: &'a [usize], what: &str) -> Result<&'a [usize]> {
@@ -132,7 +164,8 @@ pub(crate) fn slice_plan(
         if std::mem::replace(&mut seen[ax], true) {
             return Err(mismatch("slice axes", "distinct axes", axes));
         }
-        let dim = shape[ax] as i64;
+        let dim = i64::try_from(shape[ax])
+            .map_err(|_| mismatch("slice input", "dimensions below 2^63", shape))?;
         let step = steps[i];
         let norm = |v: i64| if v < 0 { v.saturating_add(dim) } else { v };
         let (start, end) = (norm(starts[i]), norm(ends[i]));
@@ -167,8 +200,30 @@ pub(crate) fn slice_plan(
 }
 
 /// Output shape of a node given its input shapes (initializers included).
+///
+/// Every size is computed with checked arithmetic, and every output dimension is at most
+/// [`MAX_TENSOR_ELEMENTS`] (even where another dimension is 0), so nothing downstream can overflow.
+///
+/// # Errors
+/// `ShapeMismatch` for inputs that do not fit together, `Unsupported` for a shape the executors do
+/// not handle or a size past [`MAX_TENSOR_ELEMENTS`]; the caller adds the node's name.
 pub(crate) fn infer(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+    let out = infer_op(node, inputs)?;
+    if let Some((i, d)) = out
+        .iter()
+        .enumerate()
+        .find(|&(_, &d)| d > MAX_TENSOR_ELEMENTS)
+    {
+        return Err(Error::Unsupported(format!(
+            "output dimension {i} of {out:?} is {d}, more than {MAX_TENSOR_ELEMENTS}"
+        )));
+    }
+    Ok(out)
+}
+
+fn infer_op(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
     let x = inputs.first().copied().unwrap_or(&[]);
+    let second = inputs.get(1).copied().unwrap_or(&[]);
     match &node.op {
         Op::Conv {
             stride,
@@ -177,12 +232,12 @@ pub(crate) fn infer(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
             groups,
         } => {
             let x = nchw(x, "input")?;
-            let w = inputs[1];
+            let w = second;
             if w.len() != 4 {
                 return Err(mismatch("weights", "[out, in/groups, kh, kw]", w));
             }
             let (c, o) = (x[1], w[0]);
-            if c % groups != 0 || o % groups != 0 || w[1] * groups != c {
+            if c % groups != 0 || o % groups != 0 || w[1].checked_mul(*groups) != Some(c) {
                 return Err(mismatch(
                     "channels",
                     format!(
@@ -233,7 +288,7 @@ pub(crate) fn infer(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         Op::Gemm {
             trans_a, trans_b, ..
         } => {
-            let (a, b) = (x, inputs[1]);
+            let (a, b) = (x, second);
             if a.len() != 2 || b.len() != 2 {
                 return Err(mismatch("operands", "2-D a and b", (a, b)));
             }
@@ -258,7 +313,7 @@ pub(crate) fn infer(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
             Ok(vec![m, n])
         }
         Op::MatMul => {
-            let (a, b) = (x, inputs[1]);
+            let (a, b) = (x, second);
             if a.len() < 2
                 || b.len() < 2
                 || (b.len() > 2 && b.len() != a.len())
@@ -276,14 +331,17 @@ pub(crate) fn infer(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
             out[a.len() - 1] = b[b.len() - 1];
             Ok(out)
         }
-        Op::Add => broadcast(x, inputs[1]),
+        Op::Add => broadcast(x, second),
         Op::Relu | Op::Clip { .. } | Op::Identity => Ok(x.to_vec()),
         Op::Flatten { axis: ax } => {
             let a = axis(*ax, x.len(), true)?;
-            Ok(vec![x[..a].iter().product(), x[a..].iter().product()])
+            Ok(vec![
+                elements(&x[..a], "the dimensions before the axis")?,
+                elements(&x[a..], "the dimensions from the axis on")?,
+            ])
         }
         Op::Reshape { shape, allow_zero } => {
-            let total: usize = x.iter().product();
+            let total = elements(x, "the input dimensions")?;
             let mut out = Vec::with_capacity(shape.len());
             let mut infer_at = None;
             for (i, &d) in shape.iter().enumerate() {
@@ -331,32 +389,11 @@ pub(crate) fn infer(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
             }
             Ok(out)
         }
-        Op::Pad { pads, .. } => {
-            if pads.len() != 2 * x.len() {
-                return Err(mismatch(
-                    "pads",
-                    format!("{} values (2 x rank)", 2 * x.len()),
-                    pads,
-                ));
-            }
-            let mut out = Vec::with_capacity(x.len());
-            for (i, &d) in x.iter().enumerate() {
-                let n = d as i64 + pads[i] + pads[i + x.len()];
-                if n < 0 {
-                    return Err(mismatch(
-                        "pads",
-                        "pads that leave a non-negative size",
-                        pads,
-                    ));
-                }
-                out.push(n as usize);
-            }
-            Ok(out)
-        }
+        Op::Pad { pads, .. } => pad(x, pads),
         Op::Concat { axis: ax } => {
             let a = axis(*ax, x.len(), false)?;
             let mut out = x.to_vec();
-            for s in &inputs[1..] {
+            for s in inputs.iter().skip(1) {
                 let same = s.len() == x.len()
                     && s.iter()
                         .zip(x)
@@ -369,11 +406,63 @@ pub(crate) fn infer(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
                         s,
                     ));
                 }
-                out[a] += s[a];
+                out[a] = out[a]
+                    .checked_add(s[a])
+                    .filter(|&n| n <= MAX_TENSOR_ELEMENTS)
+                    .ok_or_else(|| {
+                        Error::Unsupported(format!(
+                            "the inputs' sizes along axis {a} add up to more than \
+                             {MAX_TENSOR_ELEMENTS}"
+                        ))
+                    })?;
             }
             Ok(out)
         }
     }
+}
+
+/// Output shape of a constant `Pad`.
+///
+/// Along each axis of length `d` with begin and end counts `b` and `e` (negative = crop), the output
+/// holds `d + b + e` elements. The crops together may remove at most the `d` elements of the axis:
+/// a crop that would reach into the padding added at the other end (pads `[10, -10]` on a length-5
+/// axis) is refused, so the executor only ever copies a (possibly empty) range of real data. The sum
+/// is computed in `i128`, which three 64-bit terms cannot overflow.
+fn pad(x: &[usize], pads: &[i64]) -> Result<Vec<usize>> {
+    let r = x.len();
+    if pads.len() != 2 * r {
+        return Err(mismatch(
+            "pads",
+            format!("{} values (2 x rank)", 2 * r),
+            pads,
+        ));
+    }
+    let mut out = Vec::with_capacity(r);
+    for (i, &d) in x.iter().enumerate() {
+        let (begin, end) = (pads[i], pads[i + r]);
+        let what = format!("pads {pads:?} on axis {i} (length {d})");
+        let crop = i128::from(begin.min(0)).unsigned_abs() + i128::from(end.min(0)).unsigned_abs();
+        if crop > d as u128 {
+            return Err(Error::ShapeMismatch {
+                what,
+                expected: format!(
+                    "crops (negative pads) that remove at most the axis's {d} elements in total"
+                ),
+                found: format!("begin {begin}, end {end}: {crop} elements cropped"),
+            });
+        }
+        let n = d as i128 + i128::from(begin) + i128::from(end);
+        match usize::try_from(n) {
+            Ok(n) if n <= MAX_TENSOR_ELEMENTS => out.push(n),
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "{what}: begin {begin}, end {end} give {n} elements, more than \
+                     {MAX_TENSOR_ELEMENTS}"
+                )));
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -382,14 +471,205 @@ mod tests {
 
     #[test]
     fn window_sizes() {
-        assert_eq!(window_out(28, 3, 1, 1, (1, 1), false), Some(28));
-        assert_eq!(window_out(28, 2, 2, 1, (0, 0), false), Some(14));
-        assert_eq!(window_out(7, 2, 2, 1, (0, 0), false), Some(3));
-        assert_eq!(window_out(7, 2, 2, 1, (0, 0), true), Some(4));
+        let out = |len, k, s, d, pad, ceil| window_out(len, k, s, d, pad, ceil).unwrap();
+        assert_eq!(out(28, 3, 1, 1, (1, 1), false), Some(28));
+        assert_eq!(out(28, 2, 2, 1, (0, 0), false), Some(14));
+        assert_eq!(out(7, 2, 2, 1, (0, 0), false), Some(3));
+        assert_eq!(out(7, 2, 2, 1, (0, 0), true), Some(4));
         // last window would start in the padding only: dropped
-        assert_eq!(window_out(6, 3, 2, 1, (1, 1), true), Some(4));
-        assert_eq!(window_out(3, 2, 2, 1, (1, 1), true), Some(2));
-        assert_eq!(window_out(2, 3, 1, 1, (0, 0), false), None);
+        assert_eq!(out(6, 3, 2, 1, (1, 1), true), Some(4));
+        assert_eq!(out(3, 2, 2, 1, (1, 1), true), Some(2));
+        assert_eq!(out(2, 3, 1, 1, (0, 0), false), None);
+        assert_eq!(out(2, 1, 0, 1, (0, 0), false), None);
+    }
+
+    #[test]
+    fn window_sizes_that_overflow_are_errors_not_wraps() {
+        for (len, kernel, dilation, pad) in [
+            (8, 3, 1, (usize::MAX, 0)),
+            (8, 3, 1, (usize::MAX - 8, 1)),
+            (8, 3, usize::MAX, (0, 0)),
+        ] {
+            match window_out(len, kernel, 1, dilation, pad, false) {
+                Err(Error::Unsupported(m)) => assert_eq!(
+                    m,
+                    format!(
+                        "a window of {kernel} taps at dilation {dilation} over {len} elements \
+                         padded by {} + {} overflows usize",
+                        pad.0, pad.1
+                    )
+                ),
+                other => panic!("{len} {kernel} {dilation} {pad:?}: {other:?}"),
+            }
+        }
+        // The largest padded length that fits: one window per element.
+        assert_eq!(
+            window_out(0, 1, 1, 1, (usize::MAX, 0), false).unwrap(),
+            Some(usize::MAX)
+        );
+        assert!(window_out(0, 1, 1, 1, (usize::MAX, 1), false).is_err());
+        // ceil mode at the top of the range: windows start at 0, 2, .., 2^64 - 2; the next start,
+        // 2^64, overflows and is dropped rather than wrapping to 0.
+        assert_eq!(
+            window_out(usize::MAX, 1, 2, 1, (0, 0), true).unwrap(),
+            Some(usize::MAX / 2 + 1)
+        );
+    }
+
+    fn pad_node(pads: Vec<i64>) -> Node {
+        Node {
+            name: "p".into(),
+            op: Op::Pad { pads, value: 0.0 },
+            inputs: vec!["x".into()],
+            output: "y".into(),
+        }
+    }
+
+    #[test]
+    fn pads_that_crop_into_the_other_sides_padding_are_refused() {
+        match infer(&pad_node(vec![10, -10]), &[&[5]]) {
+            Err(Error::ShapeMismatch {
+                what,
+                expected,
+                found,
+            }) => {
+                assert_eq!(what, "pads [10, -10] on axis 0 (length 5)");
+                assert_eq!(
+                    expected,
+                    "crops (negative pads) that remove at most the axis's 5 elements in total"
+                );
+                assert_eq!(found, "begin 10, end -10: 10 elements cropped");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Crops on both sides that together exceed the axis, and the mirror image.
+        assert!(infer(&pad_node(vec![-3, -3]), &[&[5]]).is_err());
+        assert!(infer(&pad_node(vec![-6, 2]), &[&[5]]).is_err());
+        // At the limit: everything cropped, or cropped on one side and padded on the other.
+        assert_eq!(infer(&pad_node(vec![-2, -3]), &[&[5]]).unwrap(), vec![0]);
+        assert_eq!(infer(&pad_node(vec![4, -5]), &[&[5]]).unwrap(), vec![4]);
+        assert_eq!(
+            infer(&pad_node(vec![1, -1, 0, 2]), &[&[2, 3]]).unwrap(),
+            vec![3, 4]
+        );
+    }
+
+    #[test]
+    fn pads_near_i64_limits_are_errors_not_overflows() {
+        for pads in [
+            vec![i64::MAX, i64::MAX],
+            vec![i64::MAX, 0],
+            vec![0, i64::MAX - 2],
+            vec![i64::MIN, i64::MIN],
+            vec![i64::MIN, i64::MAX],
+            vec![i64::MAX, i64::MIN],
+        ] {
+            match infer(&pad_node(pads.clone()), &[&[5]]) {
+                Err(Error::Unsupported(m)) => {
+                    assert!(
+                        m.starts_with(&format!("pads {pads:?} on axis 0 (length 5)")),
+                        "{m}"
+                    );
+                    assert!(
+                        m.contains(&format!("more than {MAX_TENSOR_ELEMENTS}")),
+                        "{m}"
+                    );
+                }
+                Err(Error::ShapeMismatch { what, found, .. }) => {
+                    assert_eq!(what, format!("pads {pads:?} on axis 0 (length 5)"));
+                    assert!(found.contains("cropped"), "{found}");
+                    assert!(pads.iter().any(|&p| p < 0), "{pads:?}");
+                }
+                other => panic!("{pads:?}: {other:?}"),
+            }
+        }
+    }
+
+    fn node(op: Op, inputs: usize) -> Node {
+        Node {
+            name: "n".into(),
+            op,
+            inputs: (0..inputs).map(|i| format!("x{i}")).collect(),
+            output: "y".into(),
+        }
+    }
+
+    #[test]
+    fn products_and_sums_of_dimensions_are_checked() {
+        let big = [1usize << 20, 1 << 20, 1 << 20];
+        let flatten = node(Op::Flatten { axis: 1 }, 1);
+        match infer(&flatten, &[&big]) {
+            Err(Error::Unsupported(m)) => assert_eq!(
+                m,
+                format!(
+                    "the dimensions from the axis on [1048576, 1048576] hold more than \
+                     {MAX_TENSOR_ELEMENTS} elements"
+                )
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Overflowing usize (not just the limit) is the same error.
+        let huge = [usize::MAX, usize::MAX];
+        assert!(matches!(
+            infer(&flatten, &[&huge]),
+            Err(Error::Unsupported(_))
+        ));
+        let reshape = node(
+            Op::Reshape {
+                shape: vec![-1],
+                allow_zero: false,
+            },
+            1,
+        );
+        match infer(&reshape, &[&big]) {
+            Err(Error::Unsupported(m)) => assert!(m.starts_with("the input dimensions"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let concat = node(Op::Concat { axis: 1 }, 2);
+        let half = [0usize, MAX_TENSOR_ELEMENTS / 2 + 1];
+        match infer(&concat, &[&half, &half]) {
+            Err(Error::Unsupported(m)) => assert_eq!(
+                m,
+                format!("the inputs' sizes along axis 1 add up to more than {MAX_TENSOR_ELEMENTS}")
+            ),
+            other => panic!("{other:?}"),
+        }
+        let max = [0usize, usize::MAX];
+        assert!(matches!(
+            infer(&concat, &[&max, &max]),
+            Err(Error::Unsupported(_))
+        ));
+        // A Conv whose weight dimension times groups overflows is a channel mismatch, not a wrap.
+        let conv = node(
+            Op::Conv {
+                stride: [1, 1],
+                pad: [0; 4],
+                dilation: [1, 1],
+                groups: 2,
+            },
+            2,
+        );
+        let w = [2usize, usize::MAX / 2 + 1, 1, 1];
+        assert!(matches!(
+            infer(&conv, &[&[1, 0, 4, 4], &w]),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        // Huge padding on a zero-size batch cannot hide a huge dimension either.
+        let padded = node(
+            Op::Conv {
+                stride: [1, 1],
+                pad: [0, 0, 0, usize::MAX / 2],
+                dilation: [1, 1],
+                groups: 1,
+            },
+            2,
+        );
+        match infer(&padded, &[&[0, 1, 4, 4], &[1, 1, 1, 1]]) {
+            Err(Error::Unsupported(m)) => {
+                assert!(m.starts_with("output dimension 3 of [0, 1, 4, "), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

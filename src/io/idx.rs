@@ -168,7 +168,8 @@ fn parse_plain(bytes: &[u8]) -> Result<ArrayD<u8>> {
                 "idx",
                 header,
                 format!(
-                    "dimensions {dims:?} need {claimed:?} bytes but {} follow the header",
+                    "dimensions {dims:?} need {} bytes but {} follow the header",
+                    super::describe_len(claimed),
                     data.len()
                 ),
             ));

@@ -1,5 +1,6 @@
 //! A minimal JSON reader for `.safetensors` headers: objects keep their key order, numbers keep
-//! their text (so 64-bit offsets are read exactly), nesting is capped at [`MAX_DEPTH`].
+//! their text (so 64-bit offsets are read exactly), nesting is capped at [`MAX_DEPTH`]. And, for
+//! JSON read with `serde_json` (plans), the byte offset of its errors.
 
 use super::malformed;
 use crate::error::Result;
@@ -46,6 +47,35 @@ pub(crate) fn parse(text: &[u8], format: &'static str, base: usize) -> Result<Js
         return Err(p.err("trailing characters after the JSON value"));
     }
     Ok(v)
+}
+
+/// The byte offset in `text` at which `serde_json` reported `e`: for input that ends too early, the
+/// length of `text`; otherwise the first byte of the line it names plus its column minus 1
+/// (serde_json counts columns in bytes, from 1). 0 for an error without a position (I/O).
+#[cfg(feature = "serde")]
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "for QuantPlan::from_json (src/plan.rs, being restructured), whose errors say byte 0"
+    )
+)]
+pub(crate) fn serde_error_offset(text: &str, e: &serde_json::Error) -> u64 {
+    let (line, column) = (e.line(), e.column());
+    if e.is_eof() {
+        return text.len() as u64;
+    }
+    if line == 0 {
+        return 0;
+    }
+    let line_start = match line {
+        1 => 0,
+        n => text
+            .match_indices('\n')
+            .nth(n - 2)
+            .map_or(text.len(), |(i, _)| i + 1),
+    };
+    (line_start + column.saturating_sub(1)).min(text.len()) as u64
 }
 
 struct Parser<'a> {
@@ -256,6 +286,37 @@ mod tests {
                 Json::Number("-3".into())
             ]))
         );
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn serde_errors_get_the_byte_offset_of_the_offending_character() {
+        let at = |text: &str| {
+            let e = serde_json::from_str::<serde_json::Value>(text).unwrap_err();
+            (serde_error_offset(text, &e), e.to_string())
+        };
+        let text = "{\"a\": 1,\n \"b\": x}";
+        let (offset, message) = at(text);
+        assert_eq!(message, "expected value at line 2 column 7");
+        assert_eq!(offset, 15);
+        assert_eq!(text.as_bytes()[15], b'x');
+        let text = "[1,\n2,\n\n  tru]";
+        let (offset, _) = at(text);
+        assert_eq!(&text[offset as usize..], "]");
+        // Truncated, with or without a newline last: the end of the input.
+        for text in ["{\"a\": [1,\n", "{\"a\": [1,"] {
+            let (offset, message) = at(text);
+            assert!(message.starts_with("EOF while parsing"), "{message}");
+            assert_eq!(offset, text.len() as u64);
+        }
+        // A value that parses but does not fit the type: its last byte, where serde_json stopped.
+        let text = "[1, 2,\n -3]";
+        let e = serde_json::from_str::<Vec<u8>>(text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid value: integer `-3`, expected u8 at line 2 column 3"
+        );
+        assert_eq!(serde_error_offset(text, &e), 9);
     }
 
     #[test]

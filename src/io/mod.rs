@@ -1,9 +1,11 @@
-//! Readers for data sets and weights: IDX (MNIST), NumPy `.npy`, and `.safetensors`.
+//! Readers for data sets and weights: IDX (MNIST), NumPy `.npy`, and `.safetensors`; and the
+//! atomic file replacement the writers share.
 //!
 //! Every reader checks the sizes its header claims against the bytes actually present before
 //! allocating, and reports `Malformed { format, offset, reason }` for truncated or corrupt input.
 //! Nothing here panics on bad data.
 
+pub(crate) mod atomic;
 pub mod idx;
 mod json;
 pub mod npy;
@@ -27,6 +29,15 @@ pub(crate) fn malformed(format: &'static str, offset: usize, reason: impl Into<S
         format,
         offset: offset as u64,
         reason: reason.into(),
+    }
+}
+
+/// A byte count from [`byte_len`] for messages: the number, or "more than 9223372036854775807"
+/// (`isize::MAX`) where it overflowed.
+pub(crate) fn describe_len(len: Option<usize>) -> String {
+    match len {
+        Some(n) => n.to_string(),
+        None => format!("more than {}", isize::MAX),
     }
 }
 

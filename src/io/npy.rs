@@ -133,7 +133,8 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray> {
                 "npy",
                 data_at,
                 format!(
-                    "shape {shape:?} of {descr} needs {need:?} bytes but {} follow the header",
+                    "shape {shape:?} of {descr} needs {} bytes but {} follow the header",
+                    super::describe_len(need),
                     data.len()
                 ),
             ));
