@@ -185,7 +185,7 @@ impl QuantPlan {
     pub fn from_json(text: &str) -> Result<Self> {
         let plan: Self = serde_json::from_str(text).map_err(|e| Error::Malformed {
             format: "plan json",
-            offset: 0,
+            offset: crate::io::json::serde_error_offset(text, &e),
             reason: e.to_string(),
         })?;
         for w in &plan.weights {

@@ -544,10 +544,10 @@ fn truncated_files_are_malformed() {
         "truncated_files_are_malformed (plan json)",
         QuantPlan::from_json(&plan[..plan.len() / 2]),
     );
-    // The offset is still 0 here: QuantPlan::from_json (src/plan.rs) does not yet use
-    // io::json::serde_error_offset; the line and column in the reason are right.
-    let (format, _, reason) = malformed(e);
+    // Truncated input: the error is at the end of the text.
+    let (format, offset, reason) = malformed(e);
     assert_eq!(format, "plan json");
+    assert_eq!(offset, (plan.len() / 2) as u64);
     let line = plan[..plan.len() / 2].matches('\n').count() + 1;
     assert!(
         reason.starts_with(&format!("EOF while parsing a value at line {line} column ")),

@@ -196,7 +196,7 @@ fn plan_json_with_a_zero_bit_format_is_refused() {
     let e = fixq::plan::QuantPlan::from_json(&text).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "malformed plan json data at byte 0: invalid bits: 0 is outside 1..=32 at line 1 column 151"
+        "malformed plan json data at byte 150: invalid bits: 0 is outside 1..=32 at line 1 column 151"
     );
     let text = plan_json(
         r#"{"bits":4,"frac_bits":500,"signed":true,"grid":"MidTread"}"#,

@@ -53,13 +53,6 @@ pub(crate) fn parse(text: &[u8], format: &'static str, base: usize) -> Result<Js
 /// length of `text`; otherwise the first byte of the line it names plus its column minus 1
 /// (serde_json counts columns in bytes, from 1). 0 for an error without a position (I/O).
 #[cfg(feature = "serde")]
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "for QuantPlan::from_json (src/plan.rs, being restructured), whose errors say byte 0"
-    )
-)]
 pub(crate) fn serde_error_offset(text: &str, e: &serde_json::Error) -> u64 {
     let (line, column) = (e.line(), e.column());
     if e.is_eof() {

@@ -7,7 +7,7 @@
 
 pub(crate) mod atomic;
 pub mod idx;
-mod json;
+pub(crate) mod json;
 pub mod npy;
 pub mod safetensors;
 
