@@ -147,6 +147,14 @@ pub enum Op {
     },
     /// Pass the input through (also what `Dropout` becomes at inference).
     Identity,
+    /// Inference batch normalization over channels (axis 1), per channel c:
+    /// y = scale_c·(x − mean_c)/√(var_c + ε) + bias_c. Inputs: x, scale, bias, mean, var (one value per
+    /// channel each). ONNX import folds it into the Conv or Gemm before it wherever it can
+    /// ([`fold_batch_norms`]); what remains runs in the float executor.
+    BatchNormalization {
+        /// ε, added to the variance.
+        epsilon: f32,
+    },
 }
 
 impl Op {
@@ -168,6 +176,7 @@ impl Op {
             Op::Pad { .. } => "Pad",
             Op::Concat { .. } => "Concat",
             Op::Identity => "Identity",
+            Op::BatchNormalization { .. } => "BatchNormalization",
         }
     }
 
@@ -176,6 +185,7 @@ impl Op {
         match self {
             Op::Conv { .. } | Op::Gemm { .. } => (2, 3),
             Op::MatMul | Op::Add => (2, 2),
+            Op::BatchNormalization { .. } => (5, 5),
             Op::Concat { .. } => (1, usize::MAX),
             _ => (1, 1),
         }
@@ -641,6 +651,7 @@ fn check_attributes(node: &Node) -> Result<()> {
     }
 }
 
+mod passes;
 mod query;
 pub(crate) mod shape;
 

@@ -333,6 +333,31 @@ fn infer_op(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         }
         Op::Add => broadcast(x, second),
         Op::Relu | Op::Clip { .. } | Op::Identity => Ok(x.to_vec()),
+        Op::BatchNormalization { .. } => {
+            let c = *x.get(1).ok_or_else(|| Error::ShapeMismatch {
+                what: "BatchNormalization input".into(),
+                expected: "rank >= 2 (channels on axis 1)".into(),
+                found: format!("{x:?}"),
+            })?;
+            let params = inputs.get(1..).unwrap_or(&[]);
+            if params.len() != 4 {
+                return Err(Error::ShapeMismatch {
+                    what: "BatchNormalization inputs".into(),
+                    expected: "x, scale, bias, mean, var".into(),
+                    found: format!("{} inputs", inputs.len()),
+                });
+            }
+            for (p, shape) in ["scale", "bias", "mean", "var"].iter().zip(params) {
+                if *shape != [c] {
+                    return Err(Error::ShapeMismatch {
+                        what: format!("BatchNormalization {p}"),
+                        expected: format!("[{c}] (one per channel)"),
+                        found: format!("{shape:?}"),
+                    });
+                }
+            }
+            Ok(x.to_vec())
+        }
         Op::Flatten { axis: ax } => {
             let a = axis(*ax, x.len(), true)?;
             Ok(vec![

@@ -380,7 +380,8 @@ impl Importer {
                 }
             }
         }
-        let graph = Graph::new(input, output.name.clone(), self.nodes, inits)?;
+        let graph =
+            Graph::new(input, output.name.clone(), self.nodes, inits)?.fold_batch_norms()?;
         if let (Some(declared), true) = (
             &output.shape,
             graph.output().shape.iter().all(Option::is_some),
@@ -453,7 +454,6 @@ impl Importer {
         }
         match n.op_type.as_str() {
             "Constant" => return self.constant_node(ctx),
-            "BatchNormalization" => return self.fold_batch_norm(ctx),
             _ => {}
         }
         let Some((_, build)) = OPS.iter().find(|(op, _)| *op == n.op_type) else {
@@ -500,160 +500,14 @@ impl Importer {
         }
         Ok(())
     }
-
-    /// Folds `y = gamma * (x - mean) / sqrt(var + eps) + beta` into the Conv or Gemm producing `x`:
-    /// with `s = gamma / sqrt(var + eps)` per output channel, `W' = s * W` and `b' = s * (b - mean) + beta`.
-    fn fold_batch_norm(&mut self, ctx: &NodeCtx<'_, '_>) -> Result<()> {
-        ctx.only_attributes(&[
-            "epsilon",
-            "momentum",
-            "spatial",
-            "training_mode",
-            "consumed_inputs",
-            "is_test",
-        ])?;
-        if ctx.int("training_mode", 0)? != 0 || ctx.int("spatial", 1)? != 1 {
-            return Err(ctx.unsupported("training_mode or non-spatial BatchNormalization"));
-        }
-        let output = self.single_output(ctx)?;
-        let epsilon = f64::from(ctx.float("epsilon", 1e-5)?);
-        let x = ctx.required_input(0)?;
-        let mut params = Vec::with_capacity(4);
-        for i in 1..5 {
-            let name = ctx.required_input(i)?;
-            match self.floats.get(&name) {
-                Some(a) if a.ndim() == 1 => {
-                    params.push(a.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>())
-                }
-                _ => {
-                    return Err(ctx.unsupported(format!(
-                        "parameter '{name}' must be a constant 1-D FLOAT tensor"
-                    )));
-                }
-            }
-        }
-        let not_foldable = |why: &str| {
-            ctx.unsupported(format!(
-                "BatchNormalization is only supported folded into a preceding Conv or Gemm whose output it \
-                 alone reads; {why}"
-            ))
-        };
-        let Some(idx) = self.nodes.iter().rposition(|n| n.output == x) else {
-            return Err(not_foldable(&format!(
-                "input '{x}' is not produced by a node"
-            )));
-        };
-        if self.uses.get(&x).copied().unwrap_or(0) != 1 {
-            return Err(not_foldable(&format!("'{x}' is also read elsewhere")));
-        }
-        let producer = &self.nodes[idx];
-        let channels = match &producer.op {
-            Op::Conv { .. } => self
-                .floats
-                .get(&producer.inputs[1])
-                .filter(|w| w.ndim() == 4)
-                .map(|w| w.shape()[0]),
-            Op::Gemm { trans_b, .. } => self
-                .floats
-                .get(&producer.inputs[1])
-                .filter(|b| b.ndim() == 2)
-                .map(|b| if *trans_b { b.shape()[0] } else { b.shape()[1] }),
-            other => return Err(not_foldable(&format!("'{x}' comes from {}", other.name()))),
-        };
-        let Some(channels) = channels else {
-            return Err(not_foldable(
-                "the producer's weights are not a constant 2-D/4-D initializer",
-            ));
-        };
-        if params.iter().any(|p| p.len() != channels) {
-            return Err(Error::ShapeMismatch {
-                what: ctx.label.clone(),
-                expected: format!("scale, bias, mean and var of length {channels}"),
-                found: format!("{:?}", params.iter().map(Vec::len).collect::<Vec<_>>()),
-            });
-        }
-        if let Some(shared) = producer.inputs[1..]
-            .iter()
-            .find(|n| self.uses.get(*n).copied().unwrap_or(0) != 1)
-        {
-            return Err(not_foldable(&format!(
-                "'{shared}' is shared with other nodes"
-            )));
-        }
-        let [gamma, beta, mean, var] = [&params[0], &params[1], &params[2], &params[3]];
-        let scale: Vec<f64> = gamma
-            .iter()
-            .zip(var)
-            .map(|(g, v)| g / (v + epsilon).sqrt())
-            .collect();
-        // Existing bias per channel (Gemm: beta_gemm * c broadcast along rows).
-        let mut bias = vec![0f64; channels];
-        let producer = &mut self.nodes[idx];
-        let weight_name = producer.inputs[1].clone();
-        if let Some(w) = self.floats.get_mut(&weight_name) {
-            match &producer.op {
-                Op::Gemm { trans_b: false, .. } => {
-                    for mut row in w.outer_iter_mut() {
-                        row.iter_mut()
-                            .zip(&scale)
-                            .for_each(|(v, s)| *v = (f64::from(*v) * s) as f32);
-                    }
-                }
-                _ => {
-                    for (mut out_ch, s) in w.outer_iter_mut().zip(&scale) {
-                        out_ch
-                            .iter_mut()
-                            .for_each(|v| *v = (f64::from(*v) * s) as f32);
-                    }
-                }
-            }
-        }
-        if let Some(b_name) = producer.inputs.get(2) {
-            let Some(b) = self
-                .floats
-                .get(b_name)
-                .filter(|b| b.ndim() <= 1 || b.shape()[0] == 1)
-            else {
-                return Err(not_foldable("the bias is not a per-channel vector"));
-            };
-            let b: Vec<f64> = b.iter().map(|&v| f64::from(v)).collect();
-            let factor = match producer.op {
-                Op::Gemm { beta, .. } => f64::from(beta),
-                _ => 1.0,
-            };
-            match b.len() {
-                1 => bias.iter_mut().for_each(|v| *v = factor * b[0]),
-                n if n == channels => bias.iter_mut().zip(&b).for_each(|(v, b)| *v = factor * b),
-                _ => return Err(not_foldable("the bias is not a per-channel vector")),
-            }
-        } else {
-            let mut bias_name = format!("{}.bias", producer.name);
-            while self.floats.contains_key(&bias_name) || self.uses.contains_key(&bias_name) {
-                bias_name.push('_');
-            }
-            producer.inputs.push(bias_name);
-        }
-        if let Op::Gemm { beta, .. } = &mut producer.op {
-            *beta = 1.0;
-        }
-        let folded: Vec<f32> = (0..channels)
-            .map(|c| (scale[c] * (bias[c] - mean[c]) + beta[c]) as f32)
-            .collect();
-        let bias_name = producer.inputs[2].clone();
-        self.floats.insert(
-            bias_name,
-            ArrayD::from_shape_vec(IxDyn(&[channels]), folded).map_err(|e| ctx.invalid(e))?,
-        );
-        producer.output = output;
-        Ok(())
-    }
 }
 
 /// Builds one op from its ONNX node: the op and its input tensor names.
 type Builder = fn(&Importer, &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)>;
 
-/// Every ONNX operator import maps to an [`Op`], with its builder (`Constant` makes no node and
-/// `BatchNormalization` is folded into the layer before it: `Importer::node` handles both).
+/// Every ONNX operator import maps to an [`Op`], with its builder (`Constant` makes no node:
+/// `Importer::node` handles it). BatchNormalization becomes a node that the graph pass
+/// [`Graph::fold_batch_norms`] folds into the layer before it where it can.
 const OPS: &[(&str, Builder)] = &[
     ("Conv", op_conv),
     ("Gemm", op_gemm),
@@ -671,6 +525,7 @@ const OPS: &[(&str, Builder)] = &[
     ("Slice", op_slice),
     ("Pad", op_pad),
     ("Concat", op_concat),
+    ("BatchNormalization", op_batch_norm),
 ];
 
 /// The first `count` inputs, each required.
@@ -890,4 +745,32 @@ fn op_concat(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
     };
     let inputs = data_inputs(ctx, ctx.proto.inputs.len())?;
     Ok((Op::Concat { axis }, inputs))
+}
+
+/// BatchNormalization (inference): a node with constant per-channel parameters, folded later by
+/// [`Graph::fold_batch_norms`] where it follows a Conv or Gemm.
+fn op_batch_norm(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&[
+        "epsilon",
+        "momentum",
+        "spatial",
+        "training_mode",
+        "consumed_inputs",
+        "is_test",
+    ])?;
+    if ctx.int("training_mode", 0)? != 0 || ctx.int("spatial", 1)? != 1 {
+        return Err(ctx.unsupported("training_mode or non-spatial BatchNormalization"));
+    }
+    let inputs = data_inputs(ctx, 5)?;
+    for name in &inputs[1..] {
+        if !imp.floats.get(name).is_some_and(|a| a.ndim() == 1) {
+            return Err(ctx.unsupported(format!(
+                "parameter '{name}' must be a constant 1-D FLOAT tensor"
+            )));
+        }
+    }
+    let op = Op::BatchNormalization {
+        epsilon: ctx.float("epsilon", 1e-5)?,
+    };
+    Ok((op, inputs))
 }

@@ -25,6 +25,7 @@ impl OpFamily for Elementwise {
     ) -> Result<ArrayD<f32>> {
         match *op {
             Op::Add => add(&x[0], &x[1], out_shape),
+            Op::BatchNormalization { epsilon } => batch_norm(x, epsilon),
             Op::Clip { min, max } => Ok(x[0].mapv(|v| clip(v, min, max))),
             _ => Ok(x[0].mapv(|v| if v < 0.0 { 0.0 } else { v })),
         }
@@ -35,6 +36,11 @@ impl OpFamily for Elementwise {
         let stage = OutputStage::new(of);
         let ka = Kind::of(cx.in_format()?)?;
         let op = match cx.node.op {
+            Op::BatchNormalization { .. } => {
+                return Err(cx.unsupported(
+                    "a BatchNormalization that does not follow a Conv or Gemm does not run in integers yet",
+                ));
+            }
             Op::Add => {
                 let fb = cx
                     .in_formats
@@ -176,4 +182,28 @@ pub(super) fn clip(v: f32, min: f32, max: f32) -> f32 {
     } else {
         v
     }
+}
+
+/// y = scale_c·(x − mean_c)/√(var_c + ε) + bias_c over channel axis 1, computed in f64 per channel.
+pub(super) fn batch_norm(x: &[ArrayViewD<'_, f32>], epsilon: f32) -> Result<ArrayD<f32>> {
+    let per_channel = |k: usize| -> Vec<f64> { x[k].iter().map(|&v| f64::from(v)).collect() };
+    let (scale, bias, mean, var) = (
+        per_channel(1),
+        per_channel(2),
+        per_channel(3),
+        per_channel(4),
+    );
+    let eps = f64::from(epsilon);
+    let (a, b): (Vec<f32>, Vec<f32>) = (0..scale.len())
+        .map(|c| {
+            let s = scale[c] / (var[c] + eps).sqrt();
+            (s as f32, (bias[c] - s * mean[c]) as f32)
+        })
+        .unzip();
+    let mut out = x[0].to_owned();
+    for (c, mut plane) in out.axis_iter_mut(ndarray::Axis(1)).enumerate() {
+        let (ac, bc) = (a[c], b[c]);
+        plane.mapv_inplace(|v| ac * v + bc);
+    }
+    Ok(out)
 }

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `conv` | Conv, Gemm, MatMul (weighted layers; Relu/Clip after them fused into the output stage) |
 //! | `pool` | MaxPool, AveragePool, GlobalAveragePool |
-//! | `eltwise` | Add, Relu, Clip |
+//! | `eltwise` | Add, Relu, Clip, BatchNormalization (float only where not folded) |
 //! | `shape` | Flatten, Reshape, Identity, Slice, Pad, Concat |
 //!
 //! An op is registered by one line in [`family`]; its module implements [`OpFamily`]: `eval_float`
@@ -54,7 +54,9 @@ pub(crate) fn family(op: &Op) -> &'static dyn OpFamily {
     match op {
         Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul => &conv::Weighted,
         Op::MaxPool(_) | Op::AveragePool { .. } | Op::GlobalAveragePool => &pool::Pooling,
-        Op::Add | Op::Relu | Op::Clip { .. } => &eltwise::Elementwise,
+        Op::Add | Op::Relu | Op::Clip { .. } | Op::BatchNormalization { .. } => {
+            &eltwise::Elementwise
+        }
         Op::Flatten { .. }
         | Op::Reshape { .. }
         | Op::Identity
