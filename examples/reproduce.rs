@@ -10,7 +10,7 @@
 //! stderr (`reproduce: FAILED <figure>: measured <m>, threshold <t>`) when a figure misses its
 //! threshold, and with status 2, naming the path, when the data folder or a file in it is missing:
 //! nothing is skipped. `cargo test` covers the same code on the models and data that ship with the
-//! crate; this is the check on the full data sets (`docs/reproduction.md`). About 4 minutes on one
+//! crate; this is the check on the full data sets (`docs/reproduction.md`). About 3 minutes on one
 //! core of the project machine (release build).
 //!
 //! Checked, LeNet-5 (calibration on the first 500 test images, measured on all 10,000):
@@ -731,7 +731,7 @@ fn resnet8(data: &Path, checks: &mut Checks) -> Res<()> {
             (1.0, 92.0, 21.0)
         };
         checks.at_least(
-            format!("ResNet-8 {name}: accuracy (threshold float - {drop} points)"),
+            format!("ResNet-8 {name}: accuracy (threshold float - {drop:.1} points)"),
             pct(e.accuracy),
             float_pct - drop,
             " %",
