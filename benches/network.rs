@@ -5,9 +5,7 @@
 //! Run: `taskset -c 0 cargo bench --bench network`.
 
 use std::hint::black_box;
-#[path = "../tests/shared/mod.rs"]
-mod shared;
-
+use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -15,7 +13,19 @@ use fixq::eval::Dataset;
 use fixq::exec::{FixedNetwork, FloatExecutor};
 use fixq::plan::{self, Granularity, PlanConfig};
 use fixq::{Budget, Graph, Grid};
-use shared::shared;
+
+/// `../shared/{rel}`, which must exist: panics naming the path otherwise (never skips silently).
+fn shared(rel: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: this benchmark needs the shared LeNet-5 model and MNIST data at ../shared beside the crate",
+        p.display()
+    );
+    p
+}
 
 fn lenet(c: &mut Criterion) {
     let graph = Graph::from_onnx_file(shared("models/lenet5_mnist.onnx")).unwrap();

@@ -1,9 +1,10 @@
 //! Determinism: the same model, calibration data and budget give a byte-identical plan, and the
 //! fixed-point network gives bit-identical outputs across runs, across rayon thread counts (feature
-//! `rayon`) and across the SIMD and scalar reference kernels, on the digits CNN and on LeNet-5 (from
-//! `../shared`; the LeNet test fails loudly if it is missing).
+//! `rayon`) and across the SIMD and scalar reference kernels, on the digits CNN and on the MLPerf Tiny
+//! ResNet-8 with the shipped CIFAR-10 subset (residual adds and average pooling in the integer
+//! network). The same check on LeNet-5 is in `examples/reproduce.rs`.
 
-mod shared;
+mod shipped;
 
 use fixq::eval::Dataset;
 use fixq::exec::{FixedNetwork, FloatExecutor};
@@ -11,7 +12,6 @@ use fixq::kernels::KernelChoice;
 use fixq::plan::{self, CurveSource, Granularity, PlanConfig, QuantPlan, StepRule};
 use fixq::{Budget, Graph, Grid};
 use ndarray::ArrayD;
-use shared::shared;
 
 struct Case {
     graph: Graph,
@@ -20,27 +20,15 @@ struct Case {
 }
 
 fn digits() -> Case {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let data = |split: &str, n| {
-        Dataset::from_idx(
-            format!("{root}/data/digits/{split}-images-idx3-ubyte"),
-            format!("{root}/data/digits/{split}-labels-idx1-ubyte"),
-            1.0 / 16.0,
-            Some(n),
-        )
-        .unwrap()
-    };
     Case {
-        graph: Graph::from_onnx_file(format!("{root}/models/digits_cnn.onnx")).unwrap(),
-        calib: data("train", 200),
-        test: data("test", 100),
+        graph: shipped::digits_graph(),
+        calib: shipped::digits("train", Some(200)),
+        test: shipped::digits("test", Some(100)),
     }
 }
 
-fn lenet() -> Case {
-    let images = shared("data/mnist/t10k-images-idx3-ubyte.gz");
-    let labels = shared("data/mnist/t10k-labels-idx1-ubyte.gz");
-    let all = Dataset::from_idx(&images, &labels, 1.0 / 255.0, Some(232)).unwrap();
+fn resnet8() -> Case {
+    let all = shipped::cifar10_subset();
     let split = |r: std::ops::Range<usize>| Dataset {
         images: all
             .images
@@ -49,15 +37,15 @@ fn lenet() -> Case {
         labels: all.labels[r].to_vec(),
     };
     Case {
-        graph: Graph::from_onnx_file(shared("models/lenet5_mnist.onnx")).unwrap(),
-        calib: split(0..200),
-        test: split(200..232),
+        graph: shipped::resnet8_graph(),
+        calib: split(0..100),
+        test: split(168..200),
     }
 }
 
-/// The digits CNN is small: the exact allocation, per tensor and per channel. LeNet-5 is far larger,
-/// so it gets the cheapest plan (equal 8-bit widths, steps from the fitted densities rather than a
-/// search over the data) to keep the test time modest in debug builds.
+/// The digits CNN is small: the exact allocation, per tensor and per channel. ResNet-8 is larger and
+/// deeper, so it gets the cheapest plan (equal 8-bit widths, steps from the fitted densities rather
+/// than a search over the data) to keep the test time modest in debug builds.
 fn configs(full: bool) -> Vec<PlanConfig> {
     if !full {
         let mut equal = PlanConfig::equal(8);
@@ -142,8 +130,8 @@ fn digits_plan_and_outputs_are_deterministic() {
 }
 
 #[test]
-fn lenet_plan_and_outputs_are_deterministic() {
-    check(&lenet(), false);
+fn resnet8_plan_and_outputs_are_deterministic() {
+    check(&resnet8(), false);
 }
 
 /// The average-pooling steps of the fixed network (windowed and global, each between integer layers)

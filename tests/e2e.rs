@@ -1,20 +1,21 @@
-//! End to end on the real LeNet-5 and MNIST from `../shared` (a 1,000-image subset, to stay fast in CI;
-//! `examples/quantize_model.rs` runs all 10,000). Fails loudly if `../shared` is missing.
+//! End to end on the digits CNN and data that ship with the crate (`models/digits_cnn.onnx`, calibrated
+//! on the first 500 training images, measured on all 450 held-out test images; one image is 0.22
+//! points). The same checks on LeNet-5 and all 10,000 MNIST test images, with the thresholds of
+//! `docs/reproduction.md`, are `cargo run --release --example reproduce -- --data ../shared`.
 
-mod shared;
+mod shipped;
 
 use fixq::calib::Calibration;
-use fixq::eval::{self, Dataset};
+use fixq::eval;
 use fixq::exec::{FixedNetwork, FloatExecutor};
 use fixq::kernels::KernelChoice;
 use fixq::plan::{self, Granularity, PlanConfig};
 use fixq::{Budget, Graph, Grid, pack};
-use shared::shared;
 
 struct Setup {
     graph: Graph,
     cal: Calibration,
-    test: Dataset,
+    test: fixq::eval::Dataset,
     gains: plan::NoiseGains,
     reference: eval::FloatReference,
 }
@@ -26,11 +27,9 @@ fn setup() -> &'static Setup {
 }
 
 fn build_setup() -> Setup {
-    let graph = Graph::from_onnx_file(shared("models/lenet5_mnist.onnx")).unwrap();
-    let images = shared("data/mnist/t10k-images-idx3-ubyte.gz");
-    let labels = shared("data/mnist/t10k-labels-idx1-ubyte.gz");
-    let test = Dataset::from_idx(&images, &labels, 1.0 / 255.0, Some(1000)).unwrap();
-    let calib = Dataset::from_idx(&images, &labels, 1.0 / 255.0, Some(500)).unwrap();
+    let graph = shipped::digits_graph();
+    let test = shipped::digits("test", None);
+    let calib = shipped::digits("train", Some(500));
     let exec = FloatExecutor::new(&graph);
     let mut seen = 0;
     let cal = fixq::calib::calibrate(&exec, calib.batches(100), |p| seen = p.images_done).unwrap();
@@ -55,16 +54,17 @@ fn per_channel(budget: f64, gains: &plan::NoiseGains) -> PlanConfig {
 }
 
 #[test]
-fn lenet_fixed_point_end_to_end() {
+fn digits_fixed_point_end_to_end() {
     let s = setup();
-    // Float LeNet-5 on the first 1,000 MNIST test images.
+    // Float: 99.11 % (446 of 450, as onnxruntime).
     assert!(
         s.reference.accuracy > 0.98,
         "float accuracy {}",
         s.reference.accuracy
     );
 
-    // Equal 8-bit weights lose nothing measurable; 1-bit two's complement weights destroy the network.
+    // Equal 8-bit weights lose nothing measurable (measured: one image, 98.89 %, output SQNR 32.3 dB);
+    // 1-bit two's complement weights destroy the network.
     let e8 = eval::evaluate(
         &s.graph,
         &plan::plan(&s.graph, &s.cal, &PlanConfig::equal(8)).unwrap(),
@@ -74,7 +74,7 @@ fn lenet_fixed_point_end_to_end() {
     )
     .unwrap();
     assert!(
-        (e8.accuracy - s.reference.accuracy).abs() <= 0.003,
+        (e8.accuracy - s.reference.accuracy).abs() <= 2.0 / 450.0 + 1e-9,
         "8-bit {}",
         e8.accuracy
     );
@@ -83,15 +83,26 @@ fn lenet_fixed_point_end_to_end() {
         "8-bit output SQNR {}",
         e8.measured_output_sqnr_db
     );
+    let e1 = eval::evaluate(
+        &s.graph,
+        &plan::plan(&s.graph, &s.cal, &PlanConfig::equal(1)).unwrap(),
+        &s.test,
+        &s.reference,
+        250,
+    )
+    .unwrap();
+    assert!(e1.accuracy < 0.2, "1-bit {}", e1.accuracy);
 
-    // fixq, per channel, mid-rise weights at 2.5 bits per weight on average: accuracy within 0.5 points
-    // of float, and Eq. 9 with measured noise gains within 5 dB of the measured output SQNR.
-    let p = plan::plan(&s.graph, &s.cal, &per_channel(2.5, &s.gains)).unwrap();
-    assert!(p.avg_bits_per_param() <= 2.5 + 1e-9);
+    // fixq, per channel, mid-rise weights at 3.5 bits per weight on average (this network has 48 times
+    // fewer weights than LeNet-5, and needs more bits): measured 98.22 %, 0.89 points below float, and
+    // Eq. 9 with measured noise gains 16.0 dB against 18.1 dB measured. Accuracy within 1.5 points of
+    // float, and the prediction within 5 dB.
+    let p = plan::plan(&s.graph, &s.cal, &per_channel(3.5, &s.gains)).unwrap();
+    assert!(p.avg_bits_per_param() <= 3.5 + 1e-9);
     let e = eval::evaluate(&s.graph, &p, &s.test, &s.reference, 250).unwrap();
     assert!(
-        e.accuracy >= s.reference.accuracy - 0.005,
-        "fixq 2.5 bits: {} vs float {}",
+        e.accuracy >= s.reference.accuracy - 0.015,
+        "fixq 3.5 bits: {} vs float {}",
         e.accuracy,
         s.reference.accuracy
     );
@@ -108,11 +119,11 @@ fn lenet_fixed_point_end_to_end() {
     );
     assert!(e.tensors.iter().all(|t| t.measured_db.is_finite()));
 
-    // The paper's method at a similar size does worse than fixq's.
+    // The paper's method at a similar size does far worse than fixq's (measured: 29.8 % at 2.59 bits).
     let paper = plan::plan(
         &s.graph,
         &s.cal,
-        &PlanConfig::paper(Budget::AvgBitsPerParam(2.5)),
+        &PlanConfig::paper(Budget::AvgBitsPerParam(3.5)),
     )
     .unwrap();
     let ep = eval::evaluate(&s.graph, &paper, &s.test, &s.reference, 250).unwrap();
@@ -152,13 +163,14 @@ fn lenet_fixed_point_end_to_end() {
     let reference_kernels =
         FixedNetwork::with_options(&s.graph, &p, None, KernelChoice::Reference).unwrap();
     assert_eq!(y, reference_kernels.run(x.view()).unwrap());
-    let again = plan::plan(&s.graph, &s.cal, &per_channel(2.5, &s.gains)).unwrap();
+    let again = plan::plan(&s.graph, &s.cal, &per_channel(3.5, &s.gains)).unwrap();
     assert_eq!(again, p);
 }
 
 /// Eq. 9's additivity at the operating point: the terms measured one at a time (only that tensor
 /// quantized at its planned format) add, as 1/SQNR, to within 3 dB of the whole fixed-point network's
-/// measured output SQNR, on every kind of allocation, including 2-bit weights.
+/// measured output SQNR, on every kind of allocation, including 2-bit weights (measured on the digits
+/// CNN: worst 1.1 dB, equal 3-bit and per-channel 2.5-bit weights).
 #[test]
 fn eq9_over_terms_measured_alone_is_within_3_db_of_the_network() {
     let s = setup();
@@ -222,8 +234,9 @@ fn gains_refined_at_the_operating_point_reproduce_the_measured_terms() {
             t.output_db
         );
     }
-    // 2-bit per-channel weights: the probe gains' prediction is off by more than 3 dB here
-    // (docs/reproduction.md); at the operating point it is within 3 dB of the integer network.
+    // 2-bit per-channel weights: at the operating point the prediction is within 3 dB of the integer
+    // network (measured 7.9 dB predicted, 8.6 dB measured; LeNet-5's, where the probe gains alone miss
+    // by more than 3 dB, is in examples/reproduce.rs).
     let po = plan::plan_at_operating_point(
         &s.graph,
         &s.cal,
@@ -245,13 +258,16 @@ fn gains_refined_at_the_operating_point_reproduce_the_measured_terms() {
     assert!(err.contains("noise_gains"), "{err}");
 }
 
+/// At the same weight bits, fixq's per-channel allocation is at least as accurate as equal widths, and
+/// far more at 2 bits (measured: 95.78 % against 70.00 % at 2 bits, 97.56 / 94.67 at 3, 98.44 / 98.22
+/// at 4). LeNet-5's headline (the accuracy of the smallest equal width from 30 % fewer bits) is checked
+/// by `examples/reproduce.rs`; this network is too small for it (equal widths first come within 0.3
+/// points of float at 5 bits, fixq per channel at 3.5 bits is 0.9 points below).
 #[test]
-fn fixq_beats_equal_widths_at_the_same_accuracy() {
+fn fixq_per_channel_beats_equal_widths_at_the_same_bits() {
     let s = setup();
-    // Smallest equal width that keeps accuracy within 0.3 points of float, then fixq at 30 % fewer bits.
-    let mut equal_bits = None;
-    for b in 2..=8 {
-        let e = eval::evaluate(
+    for b in 2..=4u32 {
+        let eq = eval::evaluate(
             &s.graph,
             &plan::plan(&s.graph, &s.cal, &PlanConfig::equal(b)).unwrap(),
             &s.test,
@@ -259,21 +275,24 @@ fn fixq_beats_equal_widths_at_the_same_accuracy() {
             250,
         )
         .unwrap();
-        if e.accuracy >= s.reference.accuracy - 0.003 {
-            equal_bits = Some((b, e.accuracy));
-            break;
+        let p = plan::plan(&s.graph, &s.cal, &per_channel(f64::from(b), &s.gains)).unwrap();
+        assert!(p.avg_bits_per_param() <= f64::from(b) + 1e-9);
+        let e = eval::evaluate(&s.graph, &p, &s.test, &s.reference, 250).unwrap();
+        assert!(
+            e.accuracy >= eq.accuracy,
+            "{b} bits: fixq per channel {} vs equal {}",
+            e.accuracy,
+            eq.accuracy
+        );
+        if b == 2 {
+            assert!(
+                e.accuracy >= eq.accuracy + 0.15,
+                "2 bits: fixq per channel {} vs equal {}",
+                e.accuracy,
+                eq.accuracy
+            );
         }
     }
-    let (b, acc) = equal_bits.expect("some equal width reaches float accuracy");
-    let target = 0.7 * f64::from(b);
-    let p = plan::plan(&s.graph, &s.cal, &per_channel(target, &s.gains)).unwrap();
-    let e = eval::evaluate(&s.graph, &p, &s.test, &s.reference, 250).unwrap();
-    assert!(p.avg_bits_per_param() <= target + 1e-9);
-    assert!(
-        e.accuracy >= acc - 0.003,
-        "fixq at {target} bits: {} vs equal {b} bits: {acc}",
-        e.accuracy
-    );
 }
 
 #[cfg(feature = "serde")]
