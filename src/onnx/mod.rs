@@ -452,9 +452,8 @@ impl Importer {
         if !(n.domain.is_empty() || n.domain == "ai.onnx") {
             return Err(ctx.unsupported(format!("operator domain '{}'", n.domain)));
         }
-        match n.op_type.as_str() {
-            "Constant" => return self.constant_node(ctx),
-            _ => {}
+        if n.op_type == "Constant" {
+            return self.constant_node(ctx);
         }
         let Some((_, build)) = OPS.iter().find(|(op, _)| *op == n.op_type) else {
             return Err(ctx.unsupported("unsupported op"));
