@@ -762,7 +762,7 @@ fn op_batch_norm(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<Strin
     }
     let inputs = data_inputs(ctx, 5)?;
     for name in &inputs[1..] {
-        if !imp.floats.get(name).is_some_and(|a| a.ndim() == 1) {
+        if imp.floats.get(name).is_none_or(|a| a.ndim() != 1) {
             return Err(ctx.unsupported(format!(
                 "parameter '{name}' must be a constant 1-D FLOAT tensor"
             )));
