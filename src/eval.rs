@@ -247,23 +247,8 @@ pub fn evaluate(
     let accuracy = accuracy(&logits, &data.labels)?;
     let measured_output_sqnr_db =
         sqnr::measure_db(as_slice(&reference.logits)?, as_slice(&logits)?)?;
-    // Weights: quantized codes against the float weights.
-    let mut tensors = Vec::new();
     let layers = plan::layer_weights(graph)?;
-    for (wc, lw) in net.weights().iter().zip(&layers) {
-        let wp = plan.require_weight(&lw.node)?;
-        let float = plan::matrix_to_shape(&lw.matrix, &lw.shape)?;
-        let measured = sqnr::measure_db(as_slice(&float)?, as_slice(&wc.codes.dequantize())?)?;
-        tensors.push(TensorReport {
-            name: lw.node.clone(),
-            kind: "weights",
-            bits: wp.model_bits() as f64 / wp.params.max(1) as f64,
-            predicted_db: wp.predicted_sqnr_db,
-            predicted_cumulative_db: wp.predicted_sqnr_db,
-            measured_db: measured,
-            alone_output_db: f64::NAN,
-        });
-    }
+    let mut tensors = weight_reports(&net, plan, &layers)?;
     // Activations: run the probe images through the fixed network and compare at every point.
     let probe_in =
         reference
@@ -273,25 +258,7 @@ pub fn evaluate(
                 name: "reference",
                 reason: "no probe input".into(),
             })?;
-    let mut measured: BTreeMap<String, f64> = BTreeMap::new();
-    let mut failure = None;
-    net.run_with(probe_in.view(), |name, act| {
-        if let Some(f) = reference.probe.get(name) {
-            match (f.as_slice(), act.as_slice()) {
-                (Some(a), Some(b)) if a.len() == b.len() => match sqnr::measure_db(a, b) {
-                    Ok(db) => {
-                        measured.insert(name.to_string(), db);
-                    }
-                    Err(e) => failure = Some(e),
-                },
-                _ => {}
-            }
-        }
-    })?;
-    if let Some(e) = failure {
-        // A dead activation (all zeros in float) has no SQNR; report it rather than hide it.
-        return Err(e);
-    }
+    let measured = probe_sqnr_db(&net, reference, probe_in)?;
     // Eq. 9 cumulative: weights of layers up to the point plus activations up to the point.
     let points = plan::activation_points(graph);
     let mut upstream: Vec<f64> = Vec::new();
@@ -348,6 +315,58 @@ pub fn evaluate(
         operating_point_output_sqnr_db,
         tensors,
     })
+}
+
+/// Each weight tensor's codes measured against its float weights.
+fn weight_reports(
+    net: &FixedNetwork,
+    plan: &QuantPlan,
+    layers: &[plan::LayerWeights],
+) -> Result<Vec<TensorReport>> {
+    let mut tensors = Vec::new();
+    for (wc, lw) in net.weights().iter().zip(layers) {
+        let wp = plan.require_weight(&lw.node)?;
+        let float = plan::matrix_to_shape(&lw.matrix, &lw.shape)?;
+        let measured = sqnr::measure_db(as_slice(&float)?, as_slice(&wc.codes.dequantize())?)?;
+        tensors.push(TensorReport {
+            name: lw.node.clone(),
+            kind: "weights",
+            bits: wp.model_bits() as f64 / wp.params.max(1) as f64,
+            predicted_db: wp.predicted_sqnr_db,
+            predicted_cumulative_db: wp.predicted_sqnr_db,
+            measured_db: measured,
+            alone_output_db: f64::NAN,
+        });
+    }
+    Ok(tensors)
+}
+
+/// The fixed network's SQNR at every activation point on the probe images, against the float probe.
+fn probe_sqnr_db(
+    net: &FixedNetwork,
+    reference: &FloatReference,
+    probe_in: &ArrayD<f32>,
+) -> Result<BTreeMap<String, f64>> {
+    let mut measured: BTreeMap<String, f64> = BTreeMap::new();
+    let mut failure = None;
+    net.run_with(probe_in.view(), |name, act| {
+        if let Some(f) = reference.probe.get(name) {
+            match (f.as_slice(), act.as_slice()) {
+                (Some(a), Some(b)) if a.len() == b.len() => match sqnr::measure_db(a, b) {
+                    Ok(db) => {
+                        measured.insert(name.to_string(), db);
+                    }
+                    Err(e) => failure = Some(e),
+                },
+                _ => {}
+            }
+        }
+    })?;
+    match failure {
+        // A dead activation (all zeros in float) has no SQNR; report it rather than hide it.
+        Some(e) => Err(e),
+        None => Ok(measured),
+    }
 }
 
 fn as_slice(a: &ArrayD<f32>) -> Result<&[f32]> {

@@ -303,26 +303,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Vec<WeightCodes>> {
         if n_formats * 4 > bytes.len() - r.pos {
             return Err(r.err("truncated format table"));
         }
-        let mut formats = Vec::with_capacity(n_formats);
-        for _ in 0..n_formats {
-            let bits = u32::from(r.u8()?);
-            let frac = i32::from(i16::from_le_bytes(r.array()?));
-            let flags = r.u8()?;
-            if !(1..=8).contains(&bits) || flags > 3 {
-                return Err(r.err(format!(
-                    "tensor '{name}': width {bits} or flags {flags} invalid"
-                )));
-            }
-            let grid = if flags & 2 != 0 {
-                Grid::MidRise
-            } else {
-                Grid::MidTread
-            };
-            formats.push(
-                QFormat::new(bits, frac, flags & 1 != 0, grid)
-                    .map_err(|e| r.err(format!("tensor '{name}': {e}")))?,
-            );
-        }
+        let formats = read_formats(&mut r, &name, n_formats)?;
         let per = elements / n_formats as u64;
         let expect: u64 = if n_formats == 1 {
             elements * u64::from(formats[0].bits())
@@ -336,29 +317,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Vec<WeightCodes>> {
             )));
         }
         let data = r.take(payload.div_ceil(8) as usize)?;
-        let mut codes = Vec::with_capacity(elements as usize);
-        let (mut acc, mut have, mut idx) = (0u64, 0u32, 0usize);
-        for e in 0..elements {
-            let f = formats[if n_formats == 1 {
-                0
-            } else {
-                (e / per) as usize
-            }];
-            let b = f.bits();
-            while have < b {
-                acc |= u64::from(data[idx]) << have;
-                idx += 1;
-                have += 8;
-            }
-            let raw = (acc & ((1u64 << b) - 1)) as i64;
-            acc >>= b;
-            have -= b;
-            let q = raw + f.min_code();
-            if q > f.max_code() {
-                return Err(r.err(format!("tensor '{name}': code {q} beyond {f}")));
-            }
-            codes.push(q as i8);
-        }
+        let codes = unpack_codes(data, &formats, elements, per)
+            .map_err(|(q, f)| r.err(format!("tensor '{name}': code {q} beyond {f}")))?;
         let arr = ArrayD::from_shape_vec(IxDyn(&shape), codes).map_err(|e| r.err(e.to_string()))?;
         let codes = if n_formats == 1 {
             QTensor::from_codes(arr, formats[0])
@@ -372,6 +332,65 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Vec<WeightCodes>> {
         return Err(r.err(format!("{} trailing bytes", bytes.len() - r.pos)));
     }
     Ok(out)
+}
+
+/// `n` formats of tensor `name`: width (u8), fractional bits (i16), flags (u8: 1 signed, 2 mid-rise).
+fn read_formats(r: &mut Reader<'_>, name: &str, n: usize) -> Result<Vec<QFormat>> {
+    let mut formats = Vec::with_capacity(n);
+    for _ in 0..n {
+        let bits = u32::from(r.u8()?);
+        let frac = i32::from(i16::from_le_bytes(r.array()?));
+        let flags = r.u8()?;
+        if !(1..=8).contains(&bits) || flags > 3 {
+            return Err(r.err(format!(
+                "tensor '{name}': width {bits} or flags {flags} invalid"
+            )));
+        }
+        let grid = if flags & 2 != 0 {
+            Grid::MidRise
+        } else {
+            Grid::MidTread
+        };
+        formats.push(
+            QFormat::new(bits, frac, flags & 1 != 0, grid)
+                .map_err(|e| r.err(format!("tensor '{name}': {e}")))?,
+        );
+    }
+    Ok(formats)
+}
+
+/// Unpacks `elements` codes, `per` per format (LSB first, each offset by its format's minimum code);
+/// `data` holds exactly the payload's bytes. Errors with the first code beyond its format.
+fn unpack_codes(
+    data: &[u8],
+    formats: &[QFormat],
+    elements: u64,
+    per: u64,
+) -> Result<Vec<i8>, (i64, QFormat)> {
+    let mut codes = Vec::with_capacity(elements as usize);
+    let (mut acc, mut have, mut idx) = (0u64, 0u32, 0usize);
+    for e in 0..elements {
+        let f = formats[if formats.len() == 1 {
+            0
+        } else {
+            (e / per) as usize
+        }];
+        let b = f.bits();
+        while have < b {
+            acc |= u64::from(data[idx]) << have;
+            idx += 1;
+            have += 8;
+        }
+        let raw = (acc & ((1u64 << b) - 1)) as i64;
+        acc >>= b;
+        have -= b;
+        let q = raw + f.min_code();
+        if q > f.max_code() {
+            return Err((q, f));
+        }
+        codes.push(q as i8);
+    }
+    Ok(codes)
 }
 
 /// Writes weight tensors to `path` (see [`to_bytes`]), atomically: the bytes go to a new temporary

@@ -67,7 +67,7 @@ use crate::exec::FloatExecutor;
 use crate::fixed::{Grid, PAPER_XI_PER_SIGMA, QFormat};
 use crate::graph::Graph;
 pub use crate::graph::activation_points;
-pub(crate) use crate::graph::{layer_weights, matrix_to_shape};
+pub(crate) use crate::graph::{LayerWeights, layer_weights, matrix_to_shape};
 pub use crate::quant_plan::{ActivationPlan, QuantPlan, WeightPlan};
 use crate::sqnr;
 
@@ -489,7 +489,44 @@ fn step_format(
 pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Result<QuantPlan> {
     validate_config(config)?;
     let layers = layer_weights(graph)?;
-    // Activation formats and their predicted SQNR terms.
+    let activations = plan_activations(graph, calibration, config)?;
+    // Weight specs: one per tensor or channel, with each width's format and Eq. 9 term.
+    let mut specs = Vec::new();
+    let mut spec_owner: Vec<(usize, usize)> = Vec::new(); // (layer, channel or 0)
+    let mut options: Vec<Vec<WidthOptions>> = Vec::new();
+    for (li, lw) in layers.iter().enumerate() {
+        let (layer_specs, per_group) = weight_options(lw, config)?;
+        spec_owner.extend((0..layer_specs.len()).map(|g| (li, g)));
+        specs.extend(layer_specs);
+        options.push(per_group);
+    }
+    specs.extend(activation_specs(&activations));
+    let solver = if config.equal_weight_bits.is_some() {
+        Solver::Exact
+    } else {
+        config.solver
+    };
+    let alloc = allocate_bits_with(&specs, config.budget, solver)?;
+    let weights = assemble_weights(&layers, &spec_owner, &options, alloc.bits())?;
+    let mut terms: Vec<f64> = weights
+        .iter()
+        .map(|w| w.predicted_sqnr_db - w.gain_db)
+        .collect();
+    terms.extend(activations.iter().map(|a| a.predicted_sqnr_db - a.gain_db));
+    let predicted_output_sqnr_db = sqnr::network_db(&terms)?;
+    Ok(QuantPlan::from_parts(
+        weights,
+        activations,
+        predicted_output_sqnr_db,
+    ))
+}
+
+/// Every activation point's format and predicted SQNR term.
+fn plan_activations(
+    graph: &Graph,
+    calibration: &Calibration,
+    config: &PlanConfig,
+) -> Result<Vec<ActivationPlan>> {
     let points = activation_points(graph);
     let mut activations = Vec::with_capacity(points.len());
     for (tensor, _) in &points {
@@ -523,97 +560,105 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
             gain_db,
         });
     }
-    // Weight specs: one per tensor or channel, with each width's format and Eq. 9 term.
-    let mut specs = Vec::new();
-    let mut spec_owner: Vec<(usize, usize)> = Vec::new(); // (layer, channel or 0)
-    let mut options: Vec<Vec<HashMap<u32, WeightOption>>> = Vec::new();
+    Ok(activations)
+}
+
+/// Per allowed width, the format and Eq. 9 term of one weight tensor or channel.
+type WidthOptions = HashMap<u32, WeightOption>;
+
+/// The allocation specs of one weighted layer (one per tensor or per channel) and, per spec, the
+/// format and Eq. 9 term of every allowed width.
+fn weight_options(
+    lw: &LayerWeights,
+    config: &PlanConfig,
+) -> Result<(Vec<LayerSpec>, Vec<WidthOptions>)> {
     let (bmin, bmax) = (*config.weight_bits.start(), *config.weight_bits.end());
-    for (li, lw) in layers.iter().enumerate() {
-        let gains = match &config.gains {
-            Some(g) => (
-                sqnr::db_to_linear(g.weight_db(&lw.node)?),
-                sqnr::db_to_linear(g.weight_coherent_db(&lw.node)?),
-                sqnr::db_to_linear(g.weight_offset_db(&lw.node)?),
+    let gains = match &config.gains {
+        Some(g) => (
+            sqnr::db_to_linear(g.weight_db(&lw.node)?),
+            sqnr::db_to_linear(g.weight_coherent_db(&lw.node)?),
+            sqnr::db_to_linear(g.weight_offset_db(&lw.node)?),
+        ),
+        None => (1.0, 1.0, 1.0),
+    };
+    let row_len = lw.matrix.ncols();
+    let groups: Vec<Vec<f32>> = match config.granularity {
+        Granularity::PerTensor => vec![lw.matrix.iter().copied().collect()],
+        Granularity::PerChannel => lw
+            .matrix
+            .axis_iter(Axis(0))
+            .map(|r| r.iter().copied().collect())
+            .collect(),
+    };
+    if let Some((index, value)) = lw.matrix.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::InvalidArgument {
+            name: "weights",
+            reason: format!(
+                "tensor '{}' holds the non-finite value {value} at flat index {index}",
+                lw.weight_name
             ),
-            None => (1.0, 1.0, 1.0),
-        };
-        let row_len = lw.matrix.ncols();
-        let groups: Vec<Vec<f32>> = match config.granularity {
-            Granularity::PerTensor => vec![lw.matrix.iter().copied().collect()],
-            Granularity::PerChannel => lw
-                .matrix
-                .axis_iter(Axis(0))
-                .map(|r| r.iter().copied().collect())
-                .collect(),
-        };
-        if let Some((index, value)) = lw.matrix.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::InvalidArgument {
-                name: "weights",
-                reason: format!(
-                    "tensor '{}' holds the non-finite value {value} at flat index {index}",
-                    lw.weight_name
-                ),
-            });
-        }
-        let total_energy: f64 = lw.matrix.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-        let mut per_group = Vec::with_capacity(groups.len());
-        for (g, data) in groups.iter().enumerate() {
-            let fit = dist::fit(data).map_err(|e| with_tensor(e, &lw.weight_name))?;
-            let energy: f64 = data.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-            let share = energy / total_energy;
-            let mut opts = HashMap::new();
-            let mut values = Vec::new();
-            for bits in bmin..=bmax {
-                let format = step_format(
-                    config.weight_step,
-                    &fit,
-                    Some(data),
-                    bits,
-                    true,
-                    config.weight_grid,
-                )?;
-                let (own, term) = match config.curve {
-                    CurveSource::Predicted => {
-                        let own = sqnr::db_to_linear(-sqnr::predict_db(&fit, format)?);
-                        (share * own, share * own * gains.0)
-                    }
-                    _ => {
-                        let n = noise_split(data, format, row_len)?;
-                        (
-                            share * (n.coherent + n.offset + n.incoherent),
-                            share
-                                * (n.coherent * gains.1
-                                    + n.offset * gains.2
-                                    + n.incoherent * gains.0),
-                        )
-                    }
-                };
-                values.push(match config.curve {
-                    CurveSource::Linear { kappa_db_per_bit } => kappa_db_per_bit * f64::from(bits),
-                    _ => (-sqnr::linear_to_db(term)).min(sqnr::CURVE_CAP_DB),
-                });
-                opts.insert(bits, WeightOption { format, own, term });
-            }
-            let curve = SqnrCurve::Table {
-                min_bits: bmin,
-                sqnr_db: values,
-            };
-            let params = data.len() as u64;
-            let mut spec =
-                LayerSpec::new(format!("{}[{g}]", lw.node), params, curve).bits_range(bmin..=bmax);
-            if let Some(b) = config.equal_weight_bits {
-                spec = spec.pinned(b);
-            }
-            specs.push(spec);
-            spec_owner.push((li, g));
-            per_group.push(opts);
-        }
-        options.push(per_group);
+        });
     }
-    // Activation terms: pinned, zero cost, constant SQNR.
-    for a in &activations {
-        let v = (a.predicted_sqnr_db - a.gain_db).min(sqnr::CURVE_CAP_DB);
-        specs.push(
+    let total_energy: f64 = lw.matrix.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let mut specs = Vec::with_capacity(groups.len());
+    let mut per_group = Vec::with_capacity(groups.len());
+    for (g, data) in groups.iter().enumerate() {
+        let fit = dist::fit(data).map_err(|e| with_tensor(e, &lw.weight_name))?;
+        let energy: f64 = data.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let share = energy / total_energy;
+        let mut opts = HashMap::new();
+        let mut values = Vec::new();
+        for bits in bmin..=bmax {
+            let format = step_format(
+                config.weight_step,
+                &fit,
+                Some(data),
+                bits,
+                true,
+                config.weight_grid,
+            )?;
+            let (own, term) = match config.curve {
+                CurveSource::Predicted => {
+                    let own = sqnr::db_to_linear(-sqnr::predict_db(&fit, format)?);
+                    (share * own, share * own * gains.0)
+                }
+                _ => {
+                    let n = noise_split(data, format, row_len)?;
+                    (
+                        share * (n.coherent + n.offset + n.incoherent),
+                        share
+                            * (n.coherent * gains.1 + n.offset * gains.2 + n.incoherent * gains.0),
+                    )
+                }
+            };
+            values.push(match config.curve {
+                CurveSource::Linear { kappa_db_per_bit } => kappa_db_per_bit * f64::from(bits),
+                _ => (-sqnr::linear_to_db(term)).min(sqnr::CURVE_CAP_DB),
+            });
+            opts.insert(bits, WeightOption { format, own, term });
+        }
+        let curve = SqnrCurve::Table {
+            min_bits: bmin,
+            sqnr_db: values,
+        };
+        let params = data.len() as u64;
+        let mut spec =
+            LayerSpec::new(format!("{}[{g}]", lw.node), params, curve).bits_range(bmin..=bmax);
+        if let Some(b) = config.equal_weight_bits {
+            spec = spec.pinned(b);
+        }
+        specs.push(spec);
+        per_group.push(opts);
+    }
+    Ok((specs, per_group))
+}
+
+/// Activation terms as allocation specs: pinned, zero cost, constant SQNR.
+fn activation_specs(activations: &[ActivationPlan]) -> Vec<LayerSpec> {
+    activations
+        .iter()
+        .map(|a| {
+            let v = (a.predicted_sqnr_db - a.gain_db).min(sqnr::CURVE_CAP_DB);
             LayerSpec::new(
                 a.tensor.clone(),
                 1,
@@ -624,16 +669,18 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
             )
             .bits_range(1..=1)
             .pinned(1)
-            .cost_per_bit(0),
-        );
-    }
-    let solver = if config.equal_weight_bits.is_some() {
-        Solver::Exact
-    } else {
-        config.solver
-    };
-    let alloc = allocate_bits_with(&specs, config.budget, solver)?;
-    // Assemble weight plans with their own SQNR and their Eq. 9 term.
+            .cost_per_bit(0)
+        })
+        .collect()
+}
+
+/// The weight plans of the allocated widths, with their own SQNR and their Eq. 9 term.
+fn assemble_weights(
+    layers: &[LayerWeights],
+    spec_owner: &[(usize, usize)],
+    options: &[Vec<WidthOptions>],
+    bits_of_spec: &[u32],
+) -> Result<Vec<WeightPlan>> {
     let mut weights: Vec<WeightPlan> = layers
         .iter()
         .map(|lw| WeightPlan {
@@ -650,7 +697,7 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
     let mut own_by_layer = vec![0f64; layers.len()];
     let mut term_by_layer = vec![0f64; layers.len()];
     for (k, &(li, g)) in spec_owner.iter().enumerate() {
-        let bits = alloc.bits()[k];
+        let bits = bits_of_spec[k];
         let opt = options[li][g]
             .get(&bits)
             .ok_or_else(|| Error::InvalidArgument {
@@ -671,17 +718,7 @@ pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Re
             0.0
         };
     }
-    let mut terms: Vec<f64> = weights
-        .iter()
-        .map(|w| w.predicted_sqnr_db - w.gain_db)
-        .collect();
-    terms.extend(activations.iter().map(|a| a.predicted_sqnr_db - a.gain_db));
-    let predicted_output_sqnr_db = sqnr::network_db(&terms)?;
-    Ok(QuantPlan::from_parts(
-        weights,
-        activations,
-        predicted_output_sqnr_db,
-    ))
+    Ok(weights)
 }
 
 fn validate_config(c: &PlanConfig) -> Result<()> {

@@ -412,138 +412,146 @@ fn repair(pb: &Problem, kind: Kind, pos: &mut [u8]) -> (u64, f64) {
 /// noisy points while the size cap holds. Keeps `pos` feasible. `state` is the canonical `(model bits,
 /// noise)` of `pos` on entry; returns that of `pos` on exit.
 fn improve(pb: &Problem, kind: Kind, pos: &mut [u8], state: (u64, f64)) -> (u64, f64) {
-    let n = pb.len();
-    let (cost, noise) = state;
     match kind {
-        Kind::MinCost { max_noise } => {
-            let slack = max_noise - noise;
-            if !(slack > 0.0) {
-                return state;
+        Kind::MinCost { max_noise } => improve_cost(pb, max_noise, pos, state),
+        Kind::MinNoise { max_bits } => improve_noise(pb, max_bits, pos, state),
+    }
+}
+
+/// [`improve`] for `MinCost`: cheaper points while the noise cap `max_noise` holds.
+fn improve_cost(pb: &Problem, max_noise: f64, pos: &mut [u8], state: (u64, f64)) -> (u64, f64) {
+    let n = pb.len();
+    let noise = state.1;
+    let slack = max_noise - noise;
+    if !(slack > 0.0) {
+        return state;
+    }
+    // Per layer, the cheapest point whose extra noise fits the slack (noise falls along the
+    // staircase, so the points that fit are the ones just below `at`).
+    let mut moves: Vec<(u64, f64, usize, usize)> = Vec::new();
+    for i in 0..n {
+        let at = pos[i] as usize;
+        let (stair, hull) = (pb.stair[i], pb.hull[i]);
+        let mut j = at;
+        let below = stair & ((1u64 << at) - 1);
+        if below != 0 && hull >> at & 1 == 1 {
+            // `at` is a hull vertex and every staircase point lies on or above the hull, so
+            // the chord to the previous vertex bounds the extra noise of the points between
+            // them from below: skip the layer without recomputing their noise if even the
+            // bound exceeds the slack (with a margin far above rounding error).
+            let prev = 63 - below.leading_zeros() as usize;
+            let rank = pb.vertex_rank(i, at);
+            let a = 63 - (hull & ((1u64 << at) - 1)).leading_zeros() as usize;
+            let rise = pb.vertex_noise(i, rank - 1) - pb.vertex_noise(i, rank);
+            let bound = rise * (at - prev) as f64 / (at - a) as f64;
+            if bound * (1.0 - SKIP_MARGIN) > slack {
+                continue;
             }
-            // Per layer, the cheapest point whose extra noise fits the slack (noise falls along the
-            // staircase, so the points that fit are the ones just below `at`).
-            let mut moves: Vec<(u64, f64, usize, usize)> = Vec::new();
-            for i in 0..n {
-                let at = pos[i] as usize;
-                let (stair, hull) = (pb.stair[i], pb.hull[i]);
-                let mut j = at;
-                let below = stair & ((1u64 << at) - 1);
-                if below != 0 && hull >> at & 1 == 1 {
-                    // `at` is a hull vertex and every staircase point lies on or above the hull, so
-                    // the chord to the previous vertex bounds the extra noise of the points between
-                    // them from below: skip the layer without recomputing their noise if even the
-                    // bound exceeds the slack (with a margin far above rounding error).
-                    let prev = 63 - below.leading_zeros() as usize;
-                    let rank = pb.vertex_rank(i, at);
-                    let a = 63 - (hull & ((1u64 << at) - 1)).leading_zeros() as usize;
-                    let rise = pb.vertex_noise(i, rank - 1) - pb.vertex_noise(i, rank);
-                    let bound = rise * (at - prev) as f64 / (at - a) as f64;
-                    if bound * (1.0 - SKIP_MARGIN) > slack {
-                        continue;
-                    }
-                }
-                let mut here = None;
-                loop {
-                    let below = stair & ((1u64 << j) - 1);
-                    if below == 0 {
-                        break;
-                    }
-                    let prev = 63 - below.leading_zeros() as usize;
-                    let h = *here.get_or_insert_with(|| pb.noise(i, at));
-                    if !(pb.noise(i, prev) - h <= slack) {
-                        break;
-                    }
-                    j = prev;
-                }
-                if j < at {
-                    let here = pb.noise(i, at);
-                    moves.push((pb.cost(i, at) - pb.cost(i, j), pb.noise(i, j) - here, i, j));
-                }
-            }
-            if moves.is_empty() {
-                return state;
-            }
-            let order = |a: &(u64, f64, usize, usize), b: &(u64, f64, usize, usize)| {
-                b.0.cmp(&a.0).then(a.2.cmp(&b.2))
-            };
-            if moves.len() > IMPROVE_MAX_MOVES {
-                moves.select_nth_unstable_by(IMPROVE_MAX_MOVES, order);
-                moves.truncate(IMPROVE_MAX_MOVES);
-            }
-            moves.sort_unstable_by(order);
-            let mut undo: Vec<(usize, u8)> = Vec::new();
-            let mut left = slack;
-            for (_, extra, i, j) in moves {
-                if extra <= left {
-                    left -= extra;
-                    undo.push((i, pos[i]));
-                    pos[i] = j as u8;
-                }
-            }
-            if undo.is_empty() {
-                return state;
-            }
-            let after = pb.evaluate(pos);
-            if !(after.1 <= max_noise) {
-                for &(i, t) in &undo {
-                    pos[i] = t;
-                }
-                return state;
-            }
-            after
         }
-        Kind::MinNoise { max_bits } => {
-            let mut left = max_bits - cost;
-            let mut moved = false;
-            for _ in 0..2 {
-                if left == 0 {
-                    break;
-                }
-                // Per layer, the most efficient step up that fits.
-                let mut moves: Vec<(f64, u64, usize, usize)> = Vec::new();
-                for i in 0..n {
-                    let at = pos[i] as usize;
-                    let c0 = pb.cost(i, at);
-                    let mut e0 = None;
-                    let mut best: Option<(f64, u64, usize)> = None;
-                    for j in bits_of(pb.stair[i] & (u64::MAX << at << 1)) {
-                        let extra = pb.cost(i, j) - c0;
-                        if extra > left {
-                            break;
-                        }
-                        let e0 = *e0.get_or_insert_with(|| pb.noise(i, at));
-                        let eff = (e0 - pb.noise(i, j)) / extra as f64;
-                        if best.is_none_or(|b| eff > b.0) {
-                            best = Some((eff, extra, j));
-                        }
-                    }
-                    if let Some((eff, extra, j)) = best {
-                        moves.push((eff, extra, i, j));
-                    }
-                }
-                if moves.is_empty() {
-                    break;
-                }
-                // Only the best moves can be used before the budget runs out: keep the top few.
-                let order = |a: &(f64, u64, usize, usize), b: &(f64, u64, usize, usize)| {
-                    b.0.total_cmp(&a.0).then(a.2.cmp(&b.2))
-                };
-                if moves.len() > IMPROVE_MAX_MOVES {
-                    moves.select_nth_unstable_by(IMPROVE_MAX_MOVES, order);
-                    moves.truncate(IMPROVE_MAX_MOVES);
-                }
-                moves.sort_unstable_by(order);
-                for (_, extra, i, j) in moves {
-                    if extra <= left && j > pos[i] as usize {
-                        left -= extra;
-                        pos[i] = j as u8;
-                        moved = true;
-                    }
-                }
+        let mut here = None;
+        loop {
+            let below = stair & ((1u64 << j) - 1);
+            if below == 0 {
+                break;
             }
-            if moved { pb.evaluate(pos) } else { state }
+            let prev = 63 - below.leading_zeros() as usize;
+            let h = *here.get_or_insert_with(|| pb.noise(i, at));
+            if !(pb.noise(i, prev) - h <= slack) {
+                break;
+            }
+            j = prev;
+        }
+        if j < at {
+            let here = pb.noise(i, at);
+            moves.push((pb.cost(i, at) - pb.cost(i, j), pb.noise(i, j) - here, i, j));
         }
     }
+    if moves.is_empty() {
+        return state;
+    }
+    let order = |a: &(u64, f64, usize, usize), b: &(u64, f64, usize, usize)| {
+        b.0.cmp(&a.0).then(a.2.cmp(&b.2))
+    };
+    if moves.len() > IMPROVE_MAX_MOVES {
+        moves.select_nth_unstable_by(IMPROVE_MAX_MOVES, order);
+        moves.truncate(IMPROVE_MAX_MOVES);
+    }
+    moves.sort_unstable_by(order);
+    let mut undo: Vec<(usize, u8)> = Vec::new();
+    let mut left = slack;
+    for (_, extra, i, j) in moves {
+        if extra <= left {
+            left -= extra;
+            undo.push((i, pos[i]));
+            pos[i] = j as u8;
+        }
+    }
+    if undo.is_empty() {
+        return state;
+    }
+    let after = pb.evaluate(pos);
+    if !(after.1 <= max_noise) {
+        for &(i, t) in &undo {
+            pos[i] = t;
+        }
+        return state;
+    }
+    after
+}
+
+/// [`improve`] for `MinNoise`: less noisy points while the size cap `max_bits` holds.
+fn improve_noise(pb: &Problem, max_bits: u64, pos: &mut [u8], state: (u64, f64)) -> (u64, f64) {
+    let n = pb.len();
+    let cost = state.0;
+    let mut left = max_bits - cost;
+    let mut moved = false;
+    for _ in 0..2 {
+        if left == 0 {
+            break;
+        }
+        // Per layer, the most efficient step up that fits.
+        let mut moves: Vec<(f64, u64, usize, usize)> = Vec::new();
+        for i in 0..n {
+            let at = pos[i] as usize;
+            let c0 = pb.cost(i, at);
+            let mut e0 = None;
+            let mut best: Option<(f64, u64, usize)> = None;
+            for j in bits_of(pb.stair[i] & (u64::MAX << at << 1)) {
+                let extra = pb.cost(i, j) - c0;
+                if extra > left {
+                    break;
+                }
+                let e0 = *e0.get_or_insert_with(|| pb.noise(i, at));
+                let eff = (e0 - pb.noise(i, j)) / extra as f64;
+                if best.is_none_or(|b| eff > b.0) {
+                    best = Some((eff, extra, j));
+                }
+            }
+            if let Some((eff, extra, j)) = best {
+                moves.push((eff, extra, i, j));
+            }
+        }
+        if moves.is_empty() {
+            break;
+        }
+        // Only the best moves can be used before the budget runs out: keep the top few.
+        let order = |a: &(f64, u64, usize, usize), b: &(f64, u64, usize, usize)| {
+            b.0.total_cmp(&a.0).then(a.2.cmp(&b.2))
+        };
+        if moves.len() > IMPROVE_MAX_MOVES {
+            moves.select_nth_unstable_by(IMPROVE_MAX_MOVES, order);
+            moves.truncate(IMPROVE_MAX_MOVES);
+        }
+        moves.sort_unstable_by(order);
+        for (_, extra, i, j) in moves {
+            if extra <= left && j > pos[i] as usize {
+                left -= extra;
+                pos[i] = j as u8;
+                moved = true;
+            }
+        }
+    }
+    if moved { pb.evaluate(pos) } else { state }
 }
 
 /// The Lagrangian dual at multiplier `lambda`: per-layer minima of `primary + lambda * secondary`.
@@ -561,17 +569,15 @@ type Alternative = (usize, u64, f64);
 
 /// Reduced-cost fixing and the dynamic program on the core. Returns the positions of a proven optimum,
 /// or `None` if a size limit was hit.
-fn exact_core(
+/// The core of the problem: layers with more than one point whose reduced cost is within `gap` of
+/// their Lagrangian minimum, with those points `(t, cost, noise)`. `None` if there is no core or it
+/// is larger than [`EXACT_MAX_CORE_LAYERS`].
+fn core_layers(
     pb: &Problem,
     kind: Kind,
-    incumbent: &[u8],
-    inc: (u64, f64),
     d: &Dual<'_>,
-) -> Option<Vec<u8>> {
-    let inc_primary = kind.primary(inc.0, inc.1);
-    let tol = PRUNE_TOL * (d.scale + inc_primary.abs()) + f64::MIN_POSITIVE;
-    let gap = inc_primary - d.dual + tol;
-    // Core layers and their surviving points `(t, cost, noise)`.
+    gap: f64,
+) -> Option<Vec<(usize, Vec<Alternative>)>> {
     let mut core: Vec<(usize, Vec<Alternative>)> = Vec::new();
     for i in 0..pb.len() {
         if pb.points(i) < 2 {
@@ -589,17 +595,21 @@ fn exact_core(
             core.push((i, survivors));
         }
     }
-    if core.is_empty() {
-        return None;
+    (!core.is_empty()).then_some(core)
+}
+
+/// Cost, noise and Lagrangian of the fixed part: every non-core layer at its incumbent point.
+fn fixed_part(
+    pb: &Problem,
+    kind: Kind,
+    d: &Dual<'_>,
+    incumbent: &[u8],
+    core: &[(usize, Vec<Alternative>)],
+) -> (u64, f64, f64) {
+    let mut in_core = vec![false; pb.len()];
+    for (i, _) in core {
+        in_core[*i] = true;
     }
-    // Fixed part: every non-core layer at its incumbent point.
-    let in_core: Vec<bool> = {
-        let mut v = vec![false; pb.len()];
-        for (i, _) in &core {
-            v[*i] = true;
-        }
-        v
-    };
     let (mut base_cost, mut base_noise, mut base_lag) = (0u64, 0.0f64, 0.0f64);
     for i in (0..pb.len()).filter(|&i| !in_core[i]) {
         let j = incumbent[i] as usize;
@@ -608,7 +618,14 @@ fn exact_core(
         base_noise += e;
         base_lag += lagrangian(kind, d.lambda, pb.cost(i, j), e);
     }
-    // Suffix sums over the core: Lagrangian minima, least cost, least noise.
+    (base_cost, base_noise, base_lag)
+}
+
+/// Suffix sums over the core: Lagrangian minima, least cost, least noise of stages `t..`.
+fn suffix_bounds(
+    core: &[(usize, Vec<Alternative>)],
+    d: &Dual<'_>,
+) -> (Vec<f64>, Vec<u64>, Vec<f64>) {
     let k = core.len();
     let mut suf_min = vec![0.0; k + 1];
     let mut suf_cost = vec![0u64; k + 1];
@@ -619,6 +636,23 @@ fn exact_core(
         suf_cost[t] = suf_cost[t + 1] + alts.iter().map(|a| a.1).min().unwrap_or(0);
         suf_noise[t] = suf_noise[t + 1] + alts.iter().map(|a| a.2).fold(f64::INFINITY, f64::min);
     }
+    (suf_min, suf_cost, suf_noise)
+}
+
+fn exact_core(
+    pb: &Problem,
+    kind: Kind,
+    incumbent: &[u8],
+    inc: (u64, f64),
+    d: &Dual<'_>,
+) -> Option<Vec<u8>> {
+    let inc_primary = kind.primary(inc.0, inc.1);
+    let tol = PRUNE_TOL * (d.scale + inc_primary.abs()) + f64::MIN_POSITIVE;
+    let gap = inc_primary - d.dual + tol;
+    let core = core_layers(pb, kind, d, gap)?;
+    let (base_cost, base_noise, base_lag) = fixed_part(pb, kind, d, incumbent, &core);
+    let k = core.len();
+    let (suf_min, suf_cost, suf_noise) = suffix_bounds(&core, d);
     let cap = kind.cap();
     let noise_slack = match kind {
         Kind::MinCost { max_noise } => max_noise * (1.0 + PRUNE_TOL),

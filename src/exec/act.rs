@@ -187,6 +187,15 @@ impl Act {
         }
     }
 
+    /// The codes widened to i64 (logical layout).
+    pub(crate) fn codes_i64(&self) -> ArrayD<i64> {
+        match self {
+            Act::U8(a, _) => a.mapv(i64::from),
+            Act::I8(a, _) => a.mapv(i64::from),
+            Act::I16(a, _) => a.mapv(i64::from),
+        }
+    }
+
     /// Real values, in standard (row-major) layout whatever the codes' memory layout.
     pub(crate) fn dequantize(&self) -> ArrayD<f32> {
         let f = self.format();

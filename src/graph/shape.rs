@@ -60,7 +60,7 @@ pub(crate) fn window_out(
     Ok(Some(out))
 }
 
-fn spatial(
+pub(crate) fn spatial(
     h: usize,
     w: usize,
     kernel: [usize; 2],
@@ -230,54 +230,8 @@ fn infer_op(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
             pad,
             dilation,
             groups,
-        } => {
-            let x = nchw(x, "input")?;
-            let w = second;
-            if w.len() != 4 {
-                return Err(mismatch("weights", "[out, in/groups, kh, kw]", w));
-            }
-            let (c, o) = (x[1], w[0]);
-            if c % groups != 0 || o % groups != 0 || w[1].checked_mul(*groups) != Some(c) {
-                return Err(mismatch(
-                    "channels",
-                    format!(
-                        "input channels {c} = weight dim 1 ({}) x groups ({groups}), out {o} divisible by groups",
-                        w[1]
-                    ),
-                    w,
-                ));
-            }
-            if let Some(b) = inputs.get(2)
-                && *b != [o]
-            {
-                return Err(mismatch("bias", format!("[{o}]"), b));
-            }
-            let [oh, ow] = spatial(x[2], x[3], [w[2], w[3]], *stride, *dilation, *pad, false)?;
-            Ok(vec![x[0], o, oh, ow])
-        }
-        Op::MaxPool(p) | Op::AveragePool { pool: p, .. } => {
-            let x = nchw(x, "input")?;
-            let Pool2d {
-                kernel,
-                stride,
-                pad,
-                dilation,
-                ceil_mode,
-            } = p;
-            if pad[0] >= kernel[0]
-                || pad[1] >= kernel[1]
-                || pad[2] >= kernel[0]
-                || pad[3] >= kernel[1]
-            {
-                return Err(mismatch(
-                    "pads",
-                    format!("each pad smaller than the kernel {kernel:?}"),
-                    pad,
-                ));
-            }
-            let [oh, ow] = spatial(x[2], x[3], *kernel, *stride, *dilation, *pad, *ceil_mode)?;
-            Ok(vec![x[0], x[1], oh, ow])
-        }
+        } => conv_shape(x, second, inputs, stride, pad, dilation, groups),
+        Op::MaxPool(p) | Op::AveragePool { pool: p, .. } => pool_shape(x, p),
         Op::GlobalAveragePool => {
             let x = nchw(x, "input")?;
             if x[2] == 0 || x[3] == 0 {
@@ -287,77 +241,11 @@ fn infer_op(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         }
         Op::Gemm {
             trans_a, trans_b, ..
-        } => {
-            let (a, b) = (x, second);
-            if a.len() != 2 || b.len() != 2 {
-                return Err(mismatch("operands", "2-D a and b", (a, b)));
-            }
-            let (m, k) = if *trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
-            let (k2, n) = if *trans_b { (b[1], b[0]) } else { (b[0], b[1]) };
-            if k != k2 {
-                return Err(mismatch(
-                    "inner dimension",
-                    format!("b with {k} along the reduction axis"),
-                    b,
-                ));
-            }
-            if let Some(c) = inputs.get(2)
-                && (c.len() > 2 || broadcast(c, &[m, n])? != [m, n])
-            {
-                return Err(mismatch(
-                    "c",
-                    format!("a shape broadcastable to [{m}, {n}]"),
-                    c,
-                ));
-            }
-            Ok(vec![m, n])
-        }
-        Op::MatMul => {
-            let (a, b) = (x, second);
-            if a.len() < 2
-                || b.len() < 2
-                || (b.len() > 2 && b.len() != a.len())
-                || (b.len() > 2 && a[..a.len() - 2] != b[..b.len() - 2])
-            {
-                return Err(Error::Unsupported(format!(
-                    "MatMul of shapes {a:?} x {b:?}: b must be 2-D or have a's leading dimensions"
-                )));
-            }
-            let (k, k2) = (a[a.len() - 1], b[b.len() - 2]);
-            if k != k2 {
-                return Err(mismatch("inner dimension", format!("b with {k} rows"), b));
-            }
-            let mut out = a.to_vec();
-            out[a.len() - 1] = b[b.len() - 1];
-            Ok(out)
-        }
+        } => gemm_shape(x, second, inputs, trans_a, trans_b),
+        Op::MatMul => matmul_shape(x, second),
         Op::Add => broadcast(x, second),
         Op::Relu | Op::Clip { .. } | Op::Identity => Ok(x.to_vec()),
-        Op::BatchNormalization { .. } => {
-            let c = *x.get(1).ok_or_else(|| Error::ShapeMismatch {
-                what: "BatchNormalization input".into(),
-                expected: "rank >= 2 (channels on axis 1)".into(),
-                found: format!("{x:?}"),
-            })?;
-            let params = inputs.get(1..).unwrap_or(&[]);
-            if params.len() != 4 {
-                return Err(Error::ShapeMismatch {
-                    what: "BatchNormalization inputs".into(),
-                    expected: "x, scale, bias, mean, var".into(),
-                    found: format!("{} inputs", inputs.len()),
-                });
-            }
-            for (p, shape) in ["scale", "bias", "mean", "var"].iter().zip(params) {
-                if *shape != [c] {
-                    return Err(Error::ShapeMismatch {
-                        what: format!("BatchNormalization {p}"),
-                        expected: format!("[{c}] (one per channel)"),
-                        found: format!("{shape:?}"),
-                    });
-                }
-            }
-            Ok(x.to_vec())
-        }
+        Op::BatchNormalization { .. } => batch_norm_shape(x, inputs),
         Op::Flatten { axis: ax } => {
             let a = axis(*ax, x.len(), true)?;
             Ok(vec![
@@ -365,43 +253,7 @@ fn infer_op(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
                 elements(&x[a..], "the dimensions from the axis on")?,
             ])
         }
-        Op::Reshape { shape, allow_zero } => {
-            let total = elements(x, "the input dimensions")?;
-            let mut out = Vec::with_capacity(shape.len());
-            let mut infer_at = None;
-            for (i, &d) in shape.iter().enumerate() {
-                out.push(match d {
-                    -1 => {
-                        infer_at = Some(i);
-                        1
-                    }
-                    0 if !allow_zero => *x.get(i).ok_or_else(|| {
-                        mismatch("shape", "a 0 only where the input has a dimension", shape)
-                    })?,
-                    d => usize::try_from(d).map_err(|_| mismatch("shape", "dims >= -1", shape))?,
-                });
-            }
-            let known = out.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-            let known =
-                known.ok_or_else(|| mismatch("shape", "a product that fits in usize", shape))?;
-            if let Some(i) = infer_at {
-                if known == 0 || !total.is_multiple_of(known) {
-                    return Err(mismatch(
-                        "shape",
-                        format!("a shape holding {total} elements"),
-                        shape,
-                    ));
-                }
-                out[i] = total / known;
-            } else if known != total {
-                return Err(mismatch(
-                    "shape",
-                    format!("a shape holding {total} elements"),
-                    shape,
-                ));
-            }
-            Ok(out)
-        }
+        Op::Reshape { shape, allow_zero } => reshape_shape(x, shape, allow_zero),
         Op::Slice {
             starts,
             ends,
@@ -415,35 +267,206 @@ fn infer_op(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
             Ok(out)
         }
         Op::Pad { pads, .. } => pad(x, pads),
-        Op::Concat { axis: ax } => {
-            let a = axis(*ax, x.len(), false)?;
-            let mut out = x.to_vec();
-            for s in inputs.iter().skip(1) {
-                let same = s.len() == x.len()
-                    && s.iter()
-                        .zip(x)
-                        .enumerate()
-                        .all(|(i, (p, q))| i == a || p == q);
-                if !same {
-                    return Err(mismatch(
-                        "inputs",
-                        format!("shapes equal to {x:?} except on axis {a}"),
-                        s,
-                    ));
-                }
-                out[a] = out[a]
-                    .checked_add(s[a])
-                    .filter(|&n| n <= MAX_TENSOR_ELEMENTS)
-                    .ok_or_else(|| {
-                        Error::Unsupported(format!(
-                            "the inputs' sizes along axis {a} add up to more than \
-                             {MAX_TENSOR_ELEMENTS}"
-                        ))
-                    })?;
-            }
-            Ok(out)
+        Op::Concat { axis: ax } => concat_shape(x, inputs, ax),
+    }
+}
+
+fn conv_shape(
+    x: &[usize],
+    second: &[usize],
+    inputs: &[&[usize]],
+    stride: &[usize; 2],
+    pad: &[usize; 4],
+    dilation: &[usize; 2],
+    groups: &usize,
+) -> Result<Vec<usize>> {
+    let x = nchw(x, "input")?;
+    let w = second;
+    if w.len() != 4 {
+        return Err(mismatch("weights", "[out, in/groups, kh, kw]", w));
+    }
+    let (c, o) = (x[1], w[0]);
+    if c % groups != 0 || o % groups != 0 || w[1].checked_mul(*groups) != Some(c) {
+        return Err(mismatch(
+            "channels",
+            format!(
+                "input channels {c} = weight dim 1 ({}) x groups ({groups}), out {o} divisible by groups",
+                w[1]
+            ),
+            w,
+        ));
+    }
+    if let Some(b) = inputs.get(2)
+        && *b != [o]
+    {
+        return Err(mismatch("bias", format!("[{o}]"), b));
+    }
+    let [oh, ow] = spatial(x[2], x[3], [w[2], w[3]], *stride, *dilation, *pad, false)?;
+    Ok(vec![x[0], o, oh, ow])
+}
+
+fn pool_shape(x: &[usize], p: &Pool2d) -> Result<Vec<usize>> {
+    let x = nchw(x, "input")?;
+    let Pool2d {
+        kernel,
+        stride,
+        pad,
+        dilation,
+        ceil_mode,
+    } = p;
+    if pad[0] >= kernel[0] || pad[1] >= kernel[1] || pad[2] >= kernel[0] || pad[3] >= kernel[1] {
+        return Err(mismatch(
+            "pads",
+            format!("each pad smaller than the kernel {kernel:?}"),
+            pad,
+        ));
+    }
+    let [oh, ow] = spatial(x[2], x[3], *kernel, *stride, *dilation, *pad, *ceil_mode)?;
+    Ok(vec![x[0], x[1], oh, ow])
+}
+
+fn gemm_shape(
+    x: &[usize],
+    second: &[usize],
+    inputs: &[&[usize]],
+    trans_a: &bool,
+    trans_b: &bool,
+) -> Result<Vec<usize>> {
+    let (a, b) = (x, second);
+    if a.len() != 2 || b.len() != 2 {
+        return Err(mismatch("operands", "2-D a and b", (a, b)));
+    }
+    let (m, k) = if *trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
+    let (k2, n) = if *trans_b { (b[1], b[0]) } else { (b[0], b[1]) };
+    if k != k2 {
+        return Err(mismatch(
+            "inner dimension",
+            format!("b with {k} along the reduction axis"),
+            b,
+        ));
+    }
+    if let Some(c) = inputs.get(2)
+        && (c.len() > 2 || broadcast(c, &[m, n])? != [m, n])
+    {
+        return Err(mismatch(
+            "c",
+            format!("a shape broadcastable to [{m}, {n}]"),
+            c,
+        ));
+    }
+    Ok(vec![m, n])
+}
+
+fn matmul_shape(x: &[usize], second: &[usize]) -> Result<Vec<usize>> {
+    let (a, b) = (x, second);
+    if a.len() < 2
+        || b.len() < 2
+        || (b.len() > 2 && b.len() != a.len())
+        || (b.len() > 2 && a[..a.len() - 2] != b[..b.len() - 2])
+    {
+        return Err(Error::Unsupported(format!(
+            "MatMul of shapes {a:?} x {b:?}: b must be 2-D or have a's leading dimensions"
+        )));
+    }
+    let (k, k2) = (a[a.len() - 1], b[b.len() - 2]);
+    if k != k2 {
+        return Err(mismatch("inner dimension", format!("b with {k} rows"), b));
+    }
+    let mut out = a.to_vec();
+    out[a.len() - 1] = b[b.len() - 1];
+    Ok(out)
+}
+
+fn batch_norm_shape(x: &[usize], inputs: &[&[usize]]) -> Result<Vec<usize>> {
+    let c = *x.get(1).ok_or_else(|| Error::ShapeMismatch {
+        what: "BatchNormalization input".into(),
+        expected: "rank >= 2 (channels on axis 1)".into(),
+        found: format!("{x:?}"),
+    })?;
+    let params = inputs.get(1..).unwrap_or(&[]);
+    if params.len() != 4 {
+        return Err(Error::ShapeMismatch {
+            what: "BatchNormalization inputs".into(),
+            expected: "x, scale, bias, mean, var".into(),
+            found: format!("{} inputs", inputs.len()),
+        });
+    }
+    for (p, shape) in ["scale", "bias", "mean", "var"].iter().zip(params) {
+        if *shape != [c] {
+            return Err(Error::ShapeMismatch {
+                what: format!("BatchNormalization {p}"),
+                expected: format!("[{c}] (one per channel)"),
+                found: format!("{shape:?}"),
+            });
         }
     }
+    Ok(x.to_vec())
+}
+
+fn reshape_shape(x: &[usize], shape: &[i64], allow_zero: &bool) -> Result<Vec<usize>> {
+    let total = elements(x, "the input dimensions")?;
+    let mut out = Vec::with_capacity(shape.len());
+    let mut infer_at = None;
+    for (i, &d) in shape.iter().enumerate() {
+        out.push(match d {
+            -1 => {
+                infer_at = Some(i);
+                1
+            }
+            0 if !allow_zero => *x.get(i).ok_or_else(|| {
+                mismatch("shape", "a 0 only where the input has a dimension", shape)
+            })?,
+            d => usize::try_from(d).map_err(|_| mismatch("shape", "dims >= -1", shape))?,
+        });
+    }
+    let known = out.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let known = known.ok_or_else(|| mismatch("shape", "a product that fits in usize", shape))?;
+    if let Some(i) = infer_at {
+        if known == 0 || !total.is_multiple_of(known) {
+            return Err(mismatch(
+                "shape",
+                format!("a shape holding {total} elements"),
+                shape,
+            ));
+        }
+        out[i] = total / known;
+    } else if known != total {
+        return Err(mismatch(
+            "shape",
+            format!("a shape holding {total} elements"),
+            shape,
+        ));
+    }
+    Ok(out)
+}
+
+fn concat_shape(x: &[usize], inputs: &[&[usize]], ax: &i64) -> Result<Vec<usize>> {
+    let a = axis(*ax, x.len(), false)?;
+    let mut out = x.to_vec();
+    for s in inputs.iter().skip(1) {
+        let same = s.len() == x.len()
+            && s.iter()
+                .zip(x)
+                .enumerate()
+                .all(|(i, (p, q))| i == a || p == q);
+        if !same {
+            return Err(mismatch(
+                "inputs",
+                format!("shapes equal to {x:?} except on axis {a}"),
+                s,
+            ));
+        }
+        out[a] = out[a]
+            .checked_add(s[a])
+            .filter(|&n| n <= MAX_TENSOR_ELEMENTS)
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "the inputs' sizes along axis {a} add up to more than \
+                     {MAX_TENSOR_ELEMENTS}"
+                ))
+            })?;
+    }
+    Ok(out)
 }
 
 /// Output shape of a constant `Pad`.
@@ -453,7 +476,7 @@ fn infer_op(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
 /// a crop that would reach into the padding added at the other end (pads `[10, -10]` on a length-5
 /// axis) is refused, so the executor only ever copies a (possibly empty) range of real data. The sum
 /// is computed in `i128`, which three 64-bit terms cannot overflow.
-fn pad(x: &[usize], pads: &[i64]) -> Result<Vec<usize>> {
+pub(crate) fn pad(x: &[usize], pads: &[i64]) -> Result<Vec<usize>> {
     let r = x.len();
     if pads.len() != 2 * r {
         return Err(mismatch(

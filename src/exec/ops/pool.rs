@@ -37,10 +37,10 @@ impl OpFamily for Pooling {
         let kin = Kind::of(in_fmt)?;
         let (kind, format, observed) = match &cx.node.op {
             Op::MaxPool(p) => {
-                if p.dilation != [1, 1] || p.ceil_mode {
-                    return Err(cx.unsupported("dilated or ceil-mode max pooling"));
+                if p.dilation != [1, 1] {
+                    return Err(cx.unsupported("dilated max pooling"));
                 }
-                (PoolKind::Max(params(p)), in_fmt, false)
+                (PoolKind::Max(params(p), p.ceil_mode), in_fmt, false)
             }
             Op::AveragePool {
                 pool,
@@ -81,7 +81,8 @@ fn params(p: &Pool2d) -> Pool2dParams {
 
 #[derive(Debug, Clone, Copy)]
 enum PoolKind {
-    Max(Pool2dParams),
+    /// Max pooling; with `ceil_mode` (the flag) the last windows may reach past the padded input.
+    Max(Pool2dParams, bool),
     Avg {
         pool: Pool2dParams,
         count_include_pad: bool,
@@ -103,6 +104,41 @@ impl Visit2 for Build {
 #[derive(Debug)]
 struct PoolStep<A, O>(PoolKind, std::marker::PhantomData<fn(A) -> O>);
 
+/// Ceil-mode max pooling as floor mode over extra bottom/right padding (padding never wins a max):
+/// the windows that ceil mode adds are the ones that extra padding makes whole.
+fn ceil_padding(p: Pool2dParams, shape: &[usize]) -> Result<Pool2dParams> {
+    let [oh, ow] = crate::graph::shape::spatial(
+        shape[2],
+        shape[3],
+        p.kernel,
+        p.stride,
+        [1, 1],
+        p.padding,
+        true,
+    )?;
+    let extra = |o: usize, len: usize, k: usize, s: usize, lo: usize, hi: usize| {
+        ((o - 1) * s + k).saturating_sub(len + lo + hi)
+    };
+    let mut padding = p.padding;
+    padding[2] += extra(
+        oh,
+        shape[2],
+        p.kernel[0],
+        p.stride[0],
+        p.padding[0],
+        p.padding[2],
+    );
+    padding[3] += extra(
+        ow,
+        shape[3],
+        p.kernel[1],
+        p.stride[1],
+        p.padding[1],
+        p.padding[3],
+    );
+    Ok(Pool2dParams { padding, ..p })
+}
+
 /// Activations between steps were produced by the kernels in their format, so they need no range scan.
 fn to_q4<T: Code>(a: ArrayD<T>, f: QFormat) -> Result<QTensor<T, Ix4>> {
     Ok(QTensor::from_codes_trusted(
@@ -117,7 +153,12 @@ impl<A: Code, O: Code> IntOp for PoolStep<A, O> {
         let (codes, f) = A::take(x.take_first()?).ok_or_else(|| wrong_storage(x.step))?;
         let t = to_q4(codes, f)?;
         match self.0 {
-            PoolKind::Max(p) => {
+            PoolKind::Max(p, ceil_mode) => {
+                let p = if ceil_mode {
+                    ceil_padding(p, t.codes().shape())?
+                } else {
+                    p
+                };
                 let y = max_pool2d(&t, p)?;
                 Ok(A::wrap(y.into_codes().into_dyn(), f))
             }
@@ -236,4 +277,29 @@ pub(super) fn global_average_pool(
         .map(|p| p.iter().sum::<f32>() / hw as f32)
         .collect();
     ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(shape_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceil_mode_becomes_extra_bottom_right_padding() {
+        // 6x6, window 3, stride 2: floor mode gives 2x2, ceil mode 3x3, i.e. one more padded row and
+        // column at the bottom and right.
+        let p = Pool2dParams::new(3, 2);
+        let q = ceil_padding(p, &[1, 1, 6, 6]).unwrap();
+        assert_eq!(q.padding, [0, 0, 1, 1]);
+        // 7x7: both modes give 3x3, nothing to add.
+        assert_eq!(
+            ceil_padding(p, &[1, 1, 7, 7]).unwrap().padding,
+            [0, 0, 0, 0]
+        );
+        // Existing padding is kept and extended only where ceil mode needs it: height 6 + 2 padded
+        // gives 3 windows in floor mode and 4 in ceil mode (the last starts at row 6, inside the
+        // input), width 7 + 2 gives 4 in both.
+        let p = Pool2dParams::new(3, 2).with_padding(1);
+        let q = ceil_padding(p, &[1, 1, 6, 7]).unwrap();
+        assert_eq!(q.padding, [1, 1, 2, 1]);
+    }
 }

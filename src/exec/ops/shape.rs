@@ -1,13 +1,16 @@
-//! Shape ops: Flatten, Reshape and Identity move codes (keeping their format); Slice, Pad and Concat
-//! run in the float executor only.
+//! Shape ops: Flatten, Reshape, Identity, Slice and Pad move codes and keep their input's format
+//! (Pad's value must be a code of it); Concat brings its inputs to its own output format (round half
+//! up, as the kernels requantize) and joins them.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 
 use super::{Inputs, IntOp, Lower, Lowered, OpFamily, contiguous, shape_err};
 use crate::error::Result;
-use crate::exec::act::Act;
+use crate::exec::act::{Act, Code, Kind, Visit1, dispatch1, wrong_storage};
+use crate::fixed::QFormat;
 use crate::graph::shape::{axis as resolve_axis, slice_plan};
 use crate::graph::{Node, Op};
 use crate::kernels::Scratch;
@@ -37,14 +40,43 @@ impl OpFamily for ShapeOps {
     }
 
     fn lower_fixed(&self, cx: &Lower<'_>) -> Result<Lowered> {
-        let op: Arc<dyn IntOp> = match cx.node.op {
+        let in_fmt = cx.in_format()?;
+        let op: Arc<dyn IntOp> = match &cx.node.op {
             Op::Flatten { .. } | Op::Reshape { .. } => Arc::new(Reshape(cx.node.clone())),
             Op::Identity => Arc::new(Identity),
+            Op::Slice { .. } => Arc::new(SliceStep(cx.node.op.clone())),
+            Op::Pad { pads, value } => {
+                let code = f64::from(*value) / in_fmt.step();
+                if code.fract() != 0.0
+                    || code < in_fmt.min_code() as f64
+                    || code > in_fmt.max_code() as f64
+                {
+                    return Err(cx.unsupported(&format!(
+                        "pad value {value} is not a code of the input format {in_fmt}"
+                    )));
+                }
+                Arc::new(PadStep {
+                    pads: pads.clone(),
+                    code: code as i64,
+                })
+            }
+            Op::Concat { axis } => {
+                let of = cx.format_of(&cx.node.output)?;
+                let step = ConcatStep {
+                    axis: *axis,
+                    out: of,
+                };
+                return Ok(Lowered {
+                    op: dispatch1(Kind::of(of)?, BuildConcat(step)),
+                    format: of,
+                    observed: true,
+                });
+            }
             _ => return Err(cx.unsupported("not supported by the fixed-point network")),
         };
         Ok(Lowered {
             op,
-            format: cx.in_format()?,
+            format: in_fmt,
             observed: false,
         })
     }
@@ -59,6 +91,105 @@ impl IntOp for Reshape {
         let a = x.take_first()?;
         let shape = crate::graph::shape::infer(&self.0, &[a.shape()])?;
         a.reshape(&shape)
+    }
+}
+
+/// A Slice of codes (format kept).
+#[derive(Debug)]
+struct SliceStep(Op);
+
+impl IntOp for SliceStep {
+    fn run(&self, x: &mut Inputs<'_>, _: &mut Scratch) -> Result<Act> {
+        let Op::Slice {
+            starts,
+            ends,
+            axes,
+            steps,
+        } = &self.0
+        else {
+            return Err(wrong_storage(x.step));
+        };
+        struct S<'a>(&'a Act, [&'a [i64]; 4]);
+        impl Visit1 for S<'_> {
+            type Out = Result<Act>;
+            fn visit<A: Code>(self) -> Result<Act> {
+                let v = A::view(self.0).ok_or_else(|| wrong_storage("slice"))?;
+                let [st, en, ax, sp] = self.1;
+                Ok(A::wrap(slice(&v, st, en, ax, sp)?, self.0.format()))
+            }
+        }
+        let a = x.get(0)?;
+        dispatch1(Kind::of(a.format())?, S(a, [starts, ends, axes, steps]))
+    }
+}
+
+/// A constant Pad of codes (format kept; the value is the code `code`).
+#[derive(Debug)]
+struct PadStep {
+    pads: Vec<i64>,
+    code: i64,
+}
+
+impl IntOp for PadStep {
+    fn run(&self, x: &mut Inputs<'_>, _: &mut Scratch) -> Result<Act> {
+        struct P<'a>(&'a Act, &'a PadStep);
+        impl Visit1 for P<'_> {
+            type Out = Result<Act>;
+            fn visit<A: Code>(self) -> Result<Act> {
+                let v = A::view(self.0).ok_or_else(|| wrong_storage("pad"))?;
+                let out_shape = crate::graph::shape::pad(v.shape(), &self.1.pads)?;
+                let y = pad(&v, &self.1.pads, A::from_code(self.1.code), &out_shape)?;
+                Ok(A::wrap(y, self.0.format()))
+            }
+        }
+        let a = x.get(0)?;
+        dispatch1(Kind::of(a.format())?, P(a, self))
+    }
+}
+
+/// Concat: every input requantized to the output format, then joined.
+#[derive(Debug, Clone, Copy)]
+struct ConcatStep {
+    axis: i64,
+    out: QFormat,
+}
+
+struct BuildConcat(ConcatStep);
+
+impl Visit1 for BuildConcat {
+    type Out = Arc<dyn IntOp>;
+    fn visit<O: Code>(self) -> Self::Out {
+        Arc::new(Concat::<O>(self.0, PhantomData))
+    }
+}
+
+#[derive(Debug)]
+struct Concat<O>(ConcatStep, PhantomData<fn() -> O>);
+
+impl<O: Code> IntOp for Concat<O> {
+    fn run(&self, x: &mut Inputs<'_>, _: &mut Scratch) -> Result<Act> {
+        let fo = self.0.out;
+        let parts = (0..x.ids.len())
+            .map(|i| {
+                let a = x.get(i)?;
+                let shift = a.format().frac_bits() - fo.frac_bits();
+                Ok(a.codes_i64().mapv(|q| {
+                    O::from_code(shift_round(q, shift).clamp(fo.min_code(), fo.max_code()))
+                }))
+            })
+            .collect::<Result<Vec<ArrayD<O>>>>()?;
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        Ok(O::wrap(concat(&views, self.0.axis)?, fo))
+    }
+}
+
+/// q·2^(−shift), rounding half up for right shifts (the kernels' requantization rule).
+pub(crate) fn shift_round(q: i64, shift: i32) -> i64 {
+    if shift > 0 {
+        let s = shift.min(62) as u32;
+        (q + (1i64 << (s - 1))) >> s
+    } else {
+        q << (-shift).min(40) as u32
     }
 }
 
@@ -79,14 +210,14 @@ pub(super) fn reshape(x: &ArrayViewD<'_, f32>, out_shape: &[usize]) -> Result<Ar
     ArrayD::from_shape_vec(IxDyn(out_shape), contiguous(x).into_owned()).map_err(shape_err)
 }
 
-/// ONNX Slice.
-pub(super) fn slice(
-    x: &ArrayViewD<'_, f32>,
+/// ONNX Slice (any element type: float values or integer codes).
+pub(super) fn slice<T: Clone>(
+    x: &ArrayViewD<'_, T>,
     starts: &[i64],
     ends: &[i64],
     axes: &[i64],
     steps: &[i64],
-) -> Result<ArrayD<f32>> {
+) -> Result<ArrayD<T>> {
     let plan = slice_plan(x.shape(), starts, ends, axes, steps)?;
     let mut v = x.view();
     for (ax, first, len, step) in plan {
@@ -104,13 +235,13 @@ pub(super) fn slice(
     Ok(v.to_owned())
 }
 
-/// Constant padding; negative pads crop.
-pub(super) fn pad(
-    x: &ArrayViewD<'_, f32>,
+/// Constant padding; negative pads crop (any element type).
+pub(super) fn pad<T: Clone>(
+    x: &ArrayViewD<'_, T>,
     pads: &[i64],
-    value: f32,
+    value: T,
     out_shape: &[usize],
-) -> Result<ArrayD<f32>> {
+) -> Result<ArrayD<T>> {
     let r = x.ndim();
     let mut out = ArrayD::from_elem(IxDyn(out_shape), value);
     if out.is_empty() {
@@ -136,8 +267,8 @@ pub(super) fn pad(
     Ok(out)
 }
 
-/// Join along `axis`.
-pub(super) fn concat(xs: &[ArrayViewD<'_, f32>], axis: i64) -> Result<ArrayD<f32>> {
+/// Join along `axis` (any element type).
+pub(super) fn concat<T: Clone>(xs: &[ArrayViewD<'_, T>], axis: i64) -> Result<ArrayD<T>> {
     let a = resolve_axis(axis, xs.first().map_or(0, |x| x.ndim()), false)?;
     ndarray::concatenate(Axis(a), xs).map_err(shape_err)
 }
@@ -162,5 +293,19 @@ mod tests {
         let x = Array::from_shape_vec(IxDyn(&[5]), vec![0.0, 1.0, 2.0, 3.0, 4.0]).unwrap();
         let y = slice(&x.view(), &[-1], &[i64::MIN], &[0], &[-2]).unwrap();
         assert_eq!(y.as_slice().unwrap(), &[4.0, 2.0, 0.0]);
+    }
+}
+
+#[cfg(test)]
+mod integer_tests {
+    use super::shift_round;
+
+    #[test]
+    fn shift_round_is_round_half_up_and_exact_left_shift() {
+        assert_eq!(shift_round(5, 1), 3); // 2.5 -> 3
+        assert_eq!(shift_round(-5, 1), -2); // -2.5 -> -2 (half up)
+        assert_eq!(shift_round(-6, 2), -1); // -1.5 -> -1
+        assert_eq!(shift_round(7, 0), 7);
+        assert_eq!(shift_round(-3, -2), -12);
     }
 }
