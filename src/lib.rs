@@ -27,6 +27,7 @@
 //! * [`calib`], [`plan`], [`eval`], [`pack`] — calibration, the [`plan::QuantPlan`], measurement on
 //!   real data, and bit-packed weight files.
 //! * [`io`] — IDX, `.npy` and `.safetensors` readers.
+//! * [`quantize()`] — the one-call facade: graph + calibration images + budget → [`QuantizedModel`].
 //!
 //! # Features
 //! * `onnx` (default) — ONNX import, with a hand-written protobuf reader (no `protoc`).
@@ -57,6 +58,7 @@ mod onnx;
 pub mod pack;
 pub mod plan;
 pub mod quant_plan;
+pub mod quantize;
 pub mod sqnr;
 pub mod table;
 #[cfg(feature = "proptest")]
@@ -76,4 +78,5 @@ pub use error::{Error, Result};
 pub use exec::FloatExecutor;
 pub use fixed::{Grid, QFormat, QTensor, Quantizer, Rounding, Storage};
 pub use graph::Graph;
+pub use quantize::{QuantizeOptions, QuantizedModel, Report, quantize, quantize_with_progress};
 pub use table::Family;

@@ -25,6 +25,7 @@ const LAYERS: &[&str] = &[
     "calib",
     "plan",
     "eval",
+    "quantize",
     "testing",
 ];
 

@@ -60,7 +60,8 @@ impl FixedNetwork {
     /// ([`KernelChoice::Reference`] forces the scalar reference everywhere).
     ///
     /// # Errors
-    /// [`Error::Unsupported`] for an op the integer network does not run (Slice, Pad, Concat, MatMul
+    /// [`Error::Unsupported`] for an op the integer network does not run (`docs/onnx.md` lists those it
+    /// runs; e.g. a BatchNormalization that import could not fold, or MatMul
     /// with a non-constant operand) or a layout it cannot take; [`Error::InvalidArgument`] if the plan
     /// lacks a tensor or a format does not fit the kernels; [`Error::ShapeMismatch`] for given weights
     /// that do not match the graph; [`Error::AccumulatorOverflow`] when a bias does not fit the 32-bit
