@@ -150,11 +150,83 @@ pub enum Op {
     /// Inference batch normalization over channels (axis 1), per channel c:
     /// y = scale_c·(x − mean_c)/√(var_c + ε) + bias_c. Inputs: x, scale, bias, mean, var (one value per
     /// channel each). ONNX import folds it into the Conv or Gemm before it wherever it can
-    /// ([`fold_batch_norms`]); what remains runs in the float executor.
+    /// ([`Graph::fold_batch_norms`]); what remains runs in the float executor.
     BatchNormalization {
         /// ε, added to the variance.
         epsilon: f32,
     },
+    /// An element-wise function of one input.
+    Unary(Unary),
+    /// An element-wise function of two inputs with NumPy broadcasting.
+    Binary(Binary),
+    /// Permute the axes: output axis i is input axis `perm[i]`.
+    Transpose {
+        /// A permutation of `0..rank`.
+        perm: Vec<usize>,
+    },
+    /// Remove size-1 axes (all of them when `axes` is empty).
+    Squeeze {
+        /// Axes, in `-rank..rank`.
+        axes: Vec<i64>,
+    },
+    /// Insert size-1 axes at `axes` of the output.
+    Unsqueeze {
+        /// Axes of the output, in `-out_rank..out_rank`.
+        axes: Vec<i64>,
+    },
+    /// Maximum over H and W: `[N, C, H, W]` → `[N, C, 1, 1]`.
+    GlobalMaxPool,
+    /// Mean over `axes` (all when empty), keeping them as size 1 or removing them.
+    ReduceMean {
+        /// Axes, in `-rank..rank`.
+        axes: Vec<i64>,
+        /// Whether reduced axes stay as size 1.
+        keep_dims: bool,
+    },
+    /// Softmax along `axis` (opset ≥ 13) or, with `coerce_2d` (opset < 13), over the flattened axes
+    /// from `axis` on.
+    Softmax {
+        /// The axis, in `-rank..rank`.
+        axis: i64,
+        /// Opset < 13 semantics.
+        coerce_2d: bool,
+    },
+}
+
+/// Element-wise functions of one input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Unary {
+    /// 1/(1 + e^−x).
+    Sigmoid,
+    /// tanh x.
+    Tanh,
+    /// max(0, min(1, αx + β)).
+    HardSigmoid {
+        /// α.
+        alpha: f32,
+        /// β.
+        beta: f32,
+    },
+    /// x · max(0, min(1, x/6 + 1/2)).
+    HardSwish,
+    /// x for x ≥ 0, αx otherwise.
+    LeakyRelu {
+        /// α.
+        alpha: f32,
+    },
+}
+
+/// Element-wise functions of two inputs (NumPy broadcasting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    /// a − b.
+    Sub,
+    /// a · b.
+    Mul,
+    /// a / b.
+    Div,
+    /// a for a ≥ 0, b·a otherwise (b the slope).
+    PRelu,
 }
 
 impl Op {
@@ -177,6 +249,21 @@ impl Op {
             Op::Concat { .. } => "Concat",
             Op::Identity => "Identity",
             Op::BatchNormalization { .. } => "BatchNormalization",
+            Op::Unary(Unary::Sigmoid) => "Sigmoid",
+            Op::Unary(Unary::Tanh) => "Tanh",
+            Op::Unary(Unary::HardSigmoid { .. }) => "HardSigmoid",
+            Op::Unary(Unary::HardSwish) => "HardSwish",
+            Op::Unary(Unary::LeakyRelu { .. }) => "LeakyRelu",
+            Op::Binary(Binary::Sub) => "Sub",
+            Op::Binary(Binary::Mul) => "Mul",
+            Op::Binary(Binary::Div) => "Div",
+            Op::Binary(Binary::PRelu) => "PRelu",
+            Op::Transpose { .. } => "Transpose",
+            Op::Squeeze { .. } => "Squeeze",
+            Op::Unsqueeze { .. } => "Unsqueeze",
+            Op::GlobalMaxPool => "GlobalMaxPool",
+            Op::ReduceMean { .. } => "ReduceMean",
+            Op::Softmax { .. } => "Softmax",
         }
     }
 
@@ -184,7 +271,7 @@ impl Op {
     fn arity(&self) -> (usize, usize) {
         match self {
             Op::Conv { .. } | Op::Gemm { .. } => (2, 3),
-            Op::MatMul | Op::Add => (2, 2),
+            Op::MatMul | Op::Add | Op::Binary(_) => (2, 2),
             Op::BatchNormalization { .. } => (5, 5),
             Op::Concat { .. } => (1, usize::MAX),
             _ => (1, 1),

@@ -31,7 +31,7 @@ pub struct WeightPlan {
 impl WeightPlan {
     /// Format of output channel `c`.
     ///
-    /// A per-tensor plan answers its one format for every channel. Plans made by [`plan`] or read by
+    /// A per-tensor plan answers its one format for every channel. Plans made by [`plan`](crate::plan::plan) or read by
     /// `QuantPlan::from_json` (feature `serde`) hold at least one format; a hand-built one with none answers the signed
     /// 8-bit integer format.
     pub fn format_of_channel(&self, c: usize) -> QFormat {
@@ -49,7 +49,7 @@ impl WeightPlan {
         })
     }
 
-    /// Checks what [`plan`] guarantees and JSON cannot: one width per format, widths in 1..=16, one
+    /// Checks what [`plan`](crate::plan::plan) guarantees and JSON cannot: one width per format, widths in 1..=16, one
     /// format per tensor or one per output channel.
     #[cfg(feature = "serde")]
     fn validate(&self) -> Result<()> {

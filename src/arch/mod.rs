@@ -5,7 +5,7 @@
 //! every later call through it is safe. Two kinds of code use the tokens:
 //!
 //! * the numerics loops ([`crate::dist`], [`crate::fixed`]): each loop body is written once, portable,
-//!   as an [`Body`] whose `run` is `#[inline(always)]`; [`run_best`] runs it compiled for the best ISA
+//!   as a `Body` whose `run` is `#[inline(always)]`; `run_best` runs it compiled for the best ISA
 //!   this CPU has (AVX2 + FMA on x86-64), which gives the same IEEE operations in the same order per
 //!   lane, so the results are bit-identical to the portable compilation;
 //! * the integer micro-kernels (`kernels::x86_64`), whose kernel types wrap these tokens.

@@ -246,6 +246,93 @@ fn infer_op(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         Op::Add => broadcast(x, second),
         Op::Relu | Op::Clip { .. } | Op::Identity => Ok(x.to_vec()),
         Op::BatchNormalization { .. } => batch_norm_shape(x, inputs),
+        Op::Unary(_) | Op::Softmax { .. } => Ok(x.to_vec()),
+        Op::Binary(_) => broadcast(x, second),
+        Op::Transpose { perm } => {
+            let reversed: Vec<usize> = (0..x.len()).rev().collect();
+            let perm = if perm.is_empty() { &reversed } else { perm };
+            let mut seen = vec![false; x.len()];
+            if perm.len() != x.len()
+                || perm
+                    .iter()
+                    .any(|&p| p >= x.len() || std::mem::replace(&mut seen[p], true))
+            {
+                return Err(mismatch(
+                    "perm",
+                    format!("a permutation of 0..{}", x.len()),
+                    perm,
+                ));
+            }
+            Ok(perm.iter().map(|&p| x[p]).collect())
+        }
+        Op::Squeeze { axes } => {
+            let drop = axes
+                .iter()
+                .map(|&a| axis(a, x.len(), false))
+                .collect::<Result<Vec<_>>>()?;
+            if let Some(&a) = drop.iter().find(|&&a| x[a] != 1) {
+                return Err(mismatch("squeezed axis", format!("size 1 on axis {a}"), x));
+            }
+            Ok(x.iter()
+                .enumerate()
+                .filter(|&(i, &d)| {
+                    if drop.is_empty() {
+                        d != 1
+                    } else {
+                        !drop.contains(&i)
+                    }
+                })
+                .map(|(_, &d)| d)
+                .collect())
+        }
+        Op::Unsqueeze { axes } => {
+            let rank = x.len() + axes.len();
+            let at = axes
+                .iter()
+                .map(|&a| axis(a, rank, false))
+                .collect::<Result<Vec<_>>>()?;
+            let mut rest = x.iter();
+            let out: Vec<usize> = (0..rank)
+                .map(|i| {
+                    if at.contains(&i) {
+                        1
+                    } else {
+                        rest.next().copied().unwrap_or(1)
+                    }
+                })
+                .collect();
+            if rest.next().is_some()
+                || at.len() != axes.len()
+                || (1..at.len()).any(|i| at[..i].contains(&at[i]))
+            {
+                return Err(mismatch("axes", "distinct axes of the output", axes));
+            }
+            Ok(out)
+        }
+        Op::GlobalMaxPool => {
+            let x = nchw(x, "input")?;
+            if x[2] == 0 || x[3] == 0 {
+                return Err(mismatch("spatial size", "non-empty", x));
+            }
+            Ok(vec![x[0], x[1], 1, 1])
+        }
+        Op::ReduceMean { axes, keep_dims } => {
+            let red = axes
+                .iter()
+                .map(|&a| axis(a, x.len(), false))
+                .collect::<Result<Vec<_>>>()?;
+            let reduced = |i: usize| red.is_empty() || red.contains(&i);
+            if (0..x.len()).any(|i| reduced(i) && x[i] == 0) {
+                return Err(mismatch("reduced axes", "non-empty", x));
+            }
+            Ok((0..x.len())
+                .filter_map(|i| match (reduced(i), keep_dims) {
+                    (true, true) => Some(1),
+                    (true, false) => None,
+                    (false, _) => Some(x[i]),
+                })
+                .collect())
+        }
         Op::Flatten { axis: ax } => {
             let a = axis(*ax, x.len(), true)?;
             Ok(vec![

@@ -17,7 +17,7 @@ use std::path::Path;
 use ndarray::{ArrayD, IxDyn};
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Node, Op, Pool2d, TensorInfo};
+use crate::graph::{Binary, Graph, Node, Op, Pool2d, TensorInfo, Unary};
 use proto::{AttributeProto, NodeProto, TensorProto, attr_type};
 use wire::malformed;
 
@@ -74,7 +74,11 @@ impl Graph {
             }
             Some(_) => {}
         }
-        Importer::default().run(graph)
+        Importer {
+            opset: model.opset.unwrap_or(MIN_OPSET),
+            ..Importer::default()
+        }
+        .run(graph)
     }
 }
 
@@ -153,8 +157,23 @@ fn constant(t: &TensorProto<'_>, what: &str) -> Result<Constant> {
                 .map_err(|e| malformed(t.offset, format!("{what}: {e}")))?;
             Ok(Constant::I64(array))
         }
+        proto::DT_BOOL => {
+            // Flags such as Dropout's training_mode: one byte per value.
+            let data: Vec<i64> = match t.raw_data {
+                Some((raw, at)) if raw.len() != count => return Err(short(raw.len(), "bytes", at)),
+                Some((raw, _)) => raw.iter().map(|&b| i64::from(b != 0)).collect(),
+                None => {
+                    return Err(Error::Unsupported(format!(
+                        "{what}: BOOL data outside raw_data"
+                    )));
+                }
+            };
+            let array = ArrayD::from_shape_vec(IxDyn(&dims), data)
+                .map_err(|e| malformed(t.offset, format!("{what}: {e}")))?;
+            Ok(Constant::I64(array))
+        }
         other => Err(Error::Unsupported(format!(
-            "{what}: data type {} (only FLOAT weights and INT64 shapes are supported)",
+            "{what}: data type {} (only FLOAT weights, INT64 shapes and BOOL flags are supported)",
             dtype_name(other)
         ))),
     }
@@ -293,6 +312,8 @@ impl NodeCtx<'_, '_> {
 
 #[derive(Default)]
 struct Importer {
+    /// The model's default-domain opset.
+    opset: i64,
     floats: HashMap<String, ArrayD<f32>>,
     ints: HashMap<String, ArrayD<i64>>,
     nodes: Vec<Node>,
@@ -525,6 +546,21 @@ const OPS: &[(&str, Builder)] = &[
     ("Pad", op_pad),
     ("Concat", op_concat),
     ("BatchNormalization", op_batch_norm),
+    ("Sigmoid", op_unary),
+    ("Tanh", op_unary),
+    ("HardSigmoid", op_unary),
+    ("HardSwish", op_unary),
+    ("LeakyRelu", op_unary),
+    ("Sub", op_binary),
+    ("Mul", op_binary),
+    ("Div", op_binary),
+    ("PRelu", op_binary),
+    ("Transpose", op_transpose),
+    ("Squeeze", op_squeeze_unsqueeze),
+    ("Unsqueeze", op_squeeze_unsqueeze),
+    ("GlobalMaxPool", op_global_max_pool),
+    ("ReduceMean", op_reduce_mean),
+    ("Softmax", op_softmax),
 ];
 
 /// The first `count` inputs, each required.
@@ -603,8 +639,15 @@ fn op_no_attribute(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<Strin
     Ok((op, data_inputs(ctx, 1)?))
 }
 
-fn op_dropout(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+fn op_dropout(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
     ctx.only_attributes(&["ratio", "seed", "is_test"])?;
+    if let Some(flag) = ctx.input(2)
+        && imp
+            .int_const(ctx, 2)?
+            .is_some_and(|v| v.iter().any(|&t| t != 0))
+    {
+        return Err(ctx.unsupported(format!("training_mode '{flag}' is true")));
+    }
     Ok((Op::Identity, data_inputs(ctx, 1)?))
 }
 
@@ -772,4 +815,98 @@ fn op_batch_norm(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<Strin
         epsilon: ctx.float("epsilon", 1e-5)?,
     };
     Ok((op, inputs))
+}
+
+fn op_unary(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    let f = match ctx.proto.op_type.as_str() {
+        "Sigmoid" => Unary::Sigmoid,
+        "Tanh" => Unary::Tanh,
+        "HardSwish" => Unary::HardSwish,
+        "HardSigmoid" => {
+            ctx.only_attributes(&["alpha", "beta"])?;
+            Unary::HardSigmoid {
+                alpha: ctx.float("alpha", 0.2)?,
+                beta: ctx.float("beta", 0.5)?,
+            }
+        }
+        _ => {
+            ctx.only_attributes(&["alpha"])?;
+            Unary::LeakyRelu {
+                alpha: ctx.float("alpha", 0.01)?,
+            }
+        }
+    };
+    if !matches!(f, Unary::HardSigmoid { .. } | Unary::LeakyRelu { .. }) {
+        ctx.only_attributes(&[])?;
+    }
+    Ok((Op::Unary(f), data_inputs(ctx, 1)?))
+}
+
+fn op_binary(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&[])?;
+    let f = match ctx.proto.op_type.as_str() {
+        "Sub" => Binary::Sub,
+        "Mul" => Binary::Mul,
+        "Div" => Binary::Div,
+        _ => Binary::PRelu,
+    };
+    Ok((Op::Binary(f), data_inputs(ctx, 2)?))
+}
+
+fn op_transpose(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&["perm"])?;
+    let perm = ctx
+        .ints("perm")?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| usize::try_from(p).map_err(|_| ctx.invalid(format!("negative perm entry {p}"))))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((Op::Transpose { perm }, data_inputs(ctx, 1)?))
+}
+
+fn op_squeeze_unsqueeze(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&["axes"])?;
+    let axes = match ctx.ints("axes")? {
+        Some(a) => a,
+        None => imp.int_const(ctx, 1)?.unwrap_or_default(),
+    };
+    let op = if ctx.proto.op_type == "Squeeze" {
+        Op::Squeeze { axes }
+    } else if axes.is_empty() {
+        return Err(ctx.invalid("Unsqueeze needs axes"));
+    } else {
+        Op::Unsqueeze { axes }
+    };
+    Ok((op, data_inputs(ctx, 1)?))
+}
+
+fn op_global_max_pool(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&[])?;
+    Ok((Op::GlobalMaxPool, data_inputs(ctx, 1)?))
+}
+
+fn op_reduce_mean(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&["axes", "keepdims", "noop_with_empty_axes"])?;
+    let axes = match ctx.ints("axes")? {
+        Some(a) => a,
+        None => imp.int_const(ctx, 1)?.unwrap_or_default(),
+    };
+    if axes.is_empty() && ctx.int("noop_with_empty_axes", 0)? != 0 {
+        return Ok((Op::Identity, data_inputs(ctx, 1)?));
+    }
+    let op = Op::ReduceMean {
+        axes,
+        keep_dims: ctx.int("keepdims", 1)? != 0,
+    };
+    Ok((op, data_inputs(ctx, 1)?))
+}
+
+fn op_softmax(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    ctx.only_attributes(&["axis"])?;
+    let coerce_2d = imp.opset < 13;
+    let op = Op::Softmax {
+        axis: ctx.int("axis", if coerce_2d { 1 } else { -1 })?,
+        coerce_2d,
+    };
+    Ok((op, data_inputs(ctx, 1)?))
 }

@@ -11,6 +11,7 @@ use crate::error::Result;
 pub(crate) const DT_FLOAT: i32 = 1;
 /// 64-bit signed integer.
 pub(crate) const DT_INT64: i32 = 7;
+pub(crate) const DT_BOOL: i32 = 9;
 
 /// `AttributeProto.AttributeType` values that import reads.
 pub(crate) mod attr_type {

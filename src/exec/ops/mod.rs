@@ -8,12 +8,14 @@
 //! | `pool` | MaxPool, AveragePool, GlobalAveragePool |
 //! | `eltwise` | Add, Relu, Clip, BatchNormalization (float only where not folded) |
 //! | `shape` | Flatten, Reshape, Identity, Slice, Pad, Concat |
+//! | `math` | float only: Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu, Sub, Mul, Div, PRelu, Transpose, Squeeze, Unsqueeze, GlobalMaxPool, ReduceMean, Softmax |
 //!
 //! An op is registered by one line in [`family`]; its module implements [`OpFamily`]: `eval_float`
 //! always, `lower_fixed` where the integer network runs it (the default refuses, naming the node).
 
 mod conv;
 mod eltwise;
+mod math;
 mod pool;
 mod shape;
 
@@ -63,6 +65,14 @@ pub(crate) fn family(op: &Op) -> &'static dyn OpFamily {
         | Op::Slice { .. }
         | Op::Pad { .. }
         | Op::Concat { .. } => &shape::ShapeOps,
+        Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Transpose { .. }
+        | Op::Squeeze { .. }
+        | Op::Unsqueeze { .. }
+        | Op::GlobalMaxPool
+        | Op::ReduceMean { .. }
+        | Op::Softmax { .. } => &math::FloatOnly,
     }
 }
 
