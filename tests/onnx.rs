@@ -425,3 +425,46 @@ fn batch_norm_folds_into_gemm_without_transpose() {
         );
     }
 }
+
+fn ints_attr(name: &str, values: &[i64]) -> Vec<u8> {
+    let mut a = bytes_field(1, name.as_bytes());
+    for &v in values {
+        a.extend(int_field(8, v));
+    }
+    a.extend(int_field(20, 7));
+    a
+}
+
+#[test]
+fn conv_kernel_shape_must_match_the_weights() {
+    let w: Vec<u8> = (0..9)
+        .flat_map(|i| (i as f32 * 0.1).to_le_bytes())
+        .collect();
+    let conv = |ks: &[i64]| {
+        model(
+            &[node(
+                "c",
+                "Conv",
+                &["x", "w"],
+                &["y"],
+                &[ints_attr("kernel_shape", ks)],
+            )],
+            &[tensor("w", &[1, 1, 3, 3], &w)],
+            &[1, 1, 6, 6],
+            &[1, 1, 4, 4],
+        )
+    };
+    assert!(Graph::from_onnx_bytes(&conv(&[3, 3])).is_ok());
+    match Graph::from_onnx_bytes(&conv(&[5, 5])).unwrap_err() {
+        fixq::Error::ShapeMismatch {
+            what,
+            expected,
+            found,
+        } => {
+            assert_eq!(what, "node 'c' (op Conv): kernel_shape");
+            assert!(expected.starts_with("[3, 3]"), "{expected}");
+            assert_eq!(found, "[5, 5]");
+        }
+        other => panic!("expected ShapeMismatch, got {other:?}"),
+    }
+}

@@ -684,3 +684,44 @@ fn reader_size_messages_are_plain_numbers() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn fixed_network_refuses_an_input_of_another_height_and_width() {
+    let graph = fixq::Graph::from_onnx_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/digits_cnn.onnx"
+    ))
+    .unwrap();
+    let x = ndarray::Array4::<f32>::from_shape_fn((4, 1, 8, 8), |(n, _, h, w)| {
+        ((n + h * 8 + w) % 16) as f32 / 16.0
+    })
+    .into_dyn();
+    let exec = fixq::exec::FloatExecutor::new(&graph);
+    let mut cal = fixq::calib::Calibration::new();
+    cal.observe(&exec, x.view()).unwrap();
+    let plan = fixq::plan::plan(&graph, &cal, &fixq::plan::PlanConfig::equal(8)).unwrap();
+    let net = fixq::exec::FixedNetwork::new(&graph, &plan).unwrap();
+    // Another batch size is fine.
+    assert_eq!(
+        net.run(x.slice(ndarray::s![..1, .., .., ..]).into_dyn().view())
+            .unwrap()
+            .shape()[0],
+        1
+    );
+    let wrong = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 1, 9, 8]));
+    match net.run(wrong.view()).unwrap_err() {
+        fixq::Error::ShapeMismatch {
+            what,
+            expected,
+            found,
+        } => {
+            assert!(
+                what.contains(&format!("input '{}'", graph.input().name)),
+                "{what}"
+            );
+            assert!(expected.ends_with("1, 8, 8]"), "{expected}");
+            assert_eq!(found, "[1, 1, 9, 8]");
+        }
+        other => panic!("expected ShapeMismatch, got {other:?}"),
+    }
+}

@@ -37,6 +37,8 @@ use crate::quant_plan::QuantPlan;
 pub struct FixedNetwork {
     input_format: QFormat,
     input_name: String,
+    /// The graph's declared input shape (`None`: any size, as the batch dimension).
+    input_shape: Vec<Option<usize>>,
     steps: Vec<Step>,
     /// For each value slot, the last step that reads it (slots are moved, not copied, into it).
     last_use: Vec<Option<usize>>,
@@ -110,6 +112,7 @@ impl FixedNetwork {
         Ok(Self {
             input_format,
             input_name,
+            input_shape: graph.input().shape.clone(),
             steps,
             last_use,
             output_slot,
@@ -136,8 +139,10 @@ impl FixedNetwork {
     /// Runs the network: quantize `input`, integer kernels, dequantize the output.
     ///
     /// # Errors
-    /// [`Error::NonFinite`] for NaN/±∞ input; [`Error::ShapeMismatch`] for an input of the wrong shape.
+    /// [`Error::NonFinite`] for NaN/±∞ input; [`Error::ShapeMismatch`] for an input whose rank or
+    /// dimensions after the batch (where the graph declares them) differ from the graph's.
     pub fn run(&self, input: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+        self.check_input(input.shape())?;
         let x = Act::quantize(input, self.input_format)?;
         let out = self.run_codes(x, &mut None::<&mut fn(&str, &ArrayViewD<'_, f32>)>)?;
         Ok(out.dequantize())
@@ -152,10 +157,34 @@ impl FixedNetwork {
     where
         F: FnMut(&str, &ArrayViewD<'_, f32>),
     {
+        self.check_input(input.shape())?;
         let x = Act::quantize(input, self.input_format)?;
         observer(&self.input_name, &x.dequantize().view());
         let out = self.run_codes(x, &mut Some(&mut observer))?;
         Ok(out.dequantize())
+    }
+
+    /// The input's shape against the graph's declared one (the batch, axis 0, may be any size).
+    fn check_input(&self, shape: &[usize]) -> Result<()> {
+        let fits = shape.len() == self.input_shape.len()
+            && shape
+                .iter()
+                .zip(&self.input_shape)
+                .skip(1)
+                .all(|(&d, want)| want.is_none_or(|w| w == d));
+        if fits {
+            return Ok(());
+        }
+        let declared: Vec<String> = self
+            .input_shape
+            .iter()
+            .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
+            .collect();
+        Err(Error::ShapeMismatch {
+            what: format!("input '{}' of the fixed-point network", self.input_name),
+            expected: format!("[{}]", declared.join(", ")),
+            found: format!("{shape:?}"),
+        })
     }
 
     fn run_codes<F>(&self, x: Act, observer: &mut Option<&mut F>) -> Result<Act>

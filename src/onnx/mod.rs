@@ -591,6 +591,16 @@ fn op_conv(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
             );
         }
     }
+    if let (Some(ks), Some(w)) = (ctx.ints("kernel_shape")?, imp.floats.get(&inputs[1])) {
+        let spatial: Vec<i64> = w.shape().iter().skip(2).map(|&d| d as i64).collect();
+        if ks != spatial {
+            return Err(Error::ShapeMismatch {
+                what: format!("{}: kernel_shape", ctx.label),
+                expected: format!("{spatial:?} (the spatial dims of weights '{}')", inputs[1]),
+                found: format!("{ks:?}"),
+            });
+        }
+    }
     let op = Op::Conv {
         stride: ctx.sizes("strides", [1, 1])?,
         pad,
