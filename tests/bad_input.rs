@@ -286,9 +286,14 @@ fn wrong_input_shape_is_a_shape_mismatch() {
         "wrong_input_shape_is_a_shape_mismatch (fixed)",
         FixedNetwork::new(&g, &p).unwrap().run(x.view()),
     );
+    // The same message as the float executor's: the input is checked before anything runs.
     assert_eq!(
         shape_mismatch(e),
-        ("input channels".into(), "1".into(), "3".into())
+        (
+            "input 'input'".into(),
+            "[?, 1, 8, 8]".into(),
+            "[1, 3, 8, 8]".into()
+        )
     );
 }
 
@@ -477,7 +482,7 @@ fn unsupported_onnx_dtype_is_named() {
     );
     assert_eq!(
         unsupported(e),
-        "initializer 'w': data type FLOAT16 (only FLOAT weights and INT64 shapes are supported)"
+        "initializer 'w': data type FLOAT16 (only FLOAT weights, INT64 shapes and BOOL flags are supported)"
     );
 }
 

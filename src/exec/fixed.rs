@@ -181,7 +181,7 @@ impl FixedNetwork {
             .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
             .collect();
         Err(Error::ShapeMismatch {
-            what: format!("input '{}' of the fixed-point network", self.input_name),
+            what: format!("input '{}'", self.input_name),
             expected: format!("[{}]", declared.join(", ")),
             found: format!("{shape:?}"),
         })
