@@ -19,10 +19,13 @@ fuzz_target!(|data: &[u8]| {
     if shape.iter().product::<usize>() > MAX_INPUT_ELEMENTS {
         return;
     }
-    let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&shape), |i| {
-        let k: usize = i.slice().iter().sum();
-        ((k * 37 % 101) as f32 - 50.0) / 25.0
-    });
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|k| ((k * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let Ok(x) = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), values) else {
+        return;
+    };
     let exec = fixq::exec::FloatExecutor::new(&graph);
     if exec.run(x.view()).is_err() {
         return;
