@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
 
+use super::shape::shift_round;
 use super::{Inputs, IntOp, Lower, Lowered, OpFamily, clip_code, shape_err};
 use crate::error::Result;
 use crate::exec::act::{Act, Code, Kind, Visit2, Visit3, dispatch2, dispatch3, wrong_storage};
@@ -109,16 +110,7 @@ impl<A: Code, O: Code> IntOp for Requant<A, O> {
                 hi = hi.min(max);
             }
         }
-        let conv = |q: i64| -> i64 {
-            let v = if shift > 0 {
-                let s = shift.min(62) as u32;
-                (q + (1i64 << (s - 1))) >> s
-            } else {
-                q << (-shift).min(40) as u32
-            };
-            v.clamp(lo, hi)
-        };
-        let out = codes.mapv(|q| O::from_code(conv(q.to_code())));
+        let out = codes.mapv(|q| O::from_code(shift_round(q.to_code(), shift).clamp(lo, hi)));
         Ok(O::wrap(out, fo))
     }
 }
