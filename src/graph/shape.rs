@@ -232,7 +232,7 @@ fn infer_op(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
             groups,
         } => conv_shape(x, second, inputs, stride, pad, dilation, groups),
         Op::MaxPool(p) | Op::AveragePool { pool: p, .. } => pool_shape(x, p),
-        Op::GlobalAveragePool => {
+        Op::GlobalAveragePool | Op::GlobalMaxPool => {
             let x = nchw(x, "input")?;
             if x[2] == 0 || x[3] == 0 {
                 return Err(mismatch("spatial size", "non-empty", x));
@@ -308,13 +308,6 @@ fn infer_op(node: &Node, inputs: &[&[usize]]) -> Result<Vec<usize>> {
                 return Err(mismatch("axes", "distinct axes of the output", axes));
             }
             Ok(out)
-        }
-        Op::GlobalMaxPool => {
-            let x = nchw(x, "input")?;
-            if x[2] == 0 || x[3] == 0 {
-                return Err(mismatch("spatial size", "non-empty", x));
-            }
-            Ok(vec![x[0], x[1], 1, 1])
         }
         Op::ReduceMean { axes, keep_dims } => {
             let red = axes

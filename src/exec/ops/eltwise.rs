@@ -4,10 +4,10 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
+use ndarray::{ArrayD, ArrayViewD};
 
 use super::shape::shift_round;
-use super::{Inputs, IntOp, Lower, Lowered, OpFamily, clip_code, shape_err};
+use super::{Inputs, IntOp, Lower, Lowered, OpFamily, broadcast_zip, clip_code};
 use crate::error::Result;
 use crate::exec::act::{Act, Code, Kind, Visit2, Visit3, dispatch2, dispatch3, wrong_storage};
 use crate::fixed::QTensor;
@@ -150,19 +150,7 @@ pub(super) fn add(
     b: &ArrayViewD<'_, f32>,
     out_shape: &[usize],
 ) -> Result<ArrayD<f32>> {
-    let incompatible = || {
-        shape_err(ndarray::ShapeError::from_kind(
-            ndarray::ErrorKind::IncompatibleShape,
-        ))
-    };
-    let ab = a.broadcast(IxDyn(out_shape)).ok_or_else(incompatible)?;
-    let bb = b.broadcast(IxDyn(out_shape)).ok_or_else(incompatible)?;
-    let mut out = ArrayD::<f32>::zeros(IxDyn(out_shape));
-    Zip::from(&mut out)
-        .and(&ab)
-        .and(&bb)
-        .for_each(|o, &x, &y| *o = x + y);
-    Ok(out)
+    broadcast_zip(a, b, out_shape, |x, y| x + y)
 }
 
 /// `min(max(v, min), max)`, keeping NaN.

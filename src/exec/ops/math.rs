@@ -2,9 +2,9 @@
 //! (Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu), broadcasting Sub/Mul/Div/PRelu, layout moves
 //! (Transpose, Squeeze, Unsqueeze), reductions (GlobalMaxPool, ReduceMean) and Softmax.
 
-use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Zip};
+use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 
-use super::{OpFamily, contiguous, shape_err};
+use super::{OpFamily, broadcast_zip, contiguous, shape_err};
 use crate::error::{Error, Result};
 use crate::graph::shape::axis as resolve_axis;
 use crate::graph::{Binary, Op, Unary};
@@ -77,29 +77,18 @@ fn binary(
     b: &ArrayViewD<'_, f32>,
     out_shape: &[usize],
 ) -> Result<ArrayD<f32>> {
-    let incompatible = || Error::ShapeMismatch {
-        what: "broadcast operands".into(),
-        expected: format!("shapes broadcastable to {out_shape:?}"),
-        found: format!("{:?} and {:?}", a.shape(), b.shape()),
-    };
-    let ab = a.broadcast(IxDyn(out_shape)).ok_or_else(incompatible)?;
-    let bb = b.broadcast(IxDyn(out_shape)).ok_or_else(incompatible)?;
-    let mut out = ArrayD::<f32>::zeros(IxDyn(out_shape));
-    Zip::from(&mut out).and(&ab).and(&bb).for_each(|o, &x, &y| {
-        *o = match f {
-            Binary::Sub => x - y,
-            Binary::Mul => x * y,
-            Binary::Div => x / y,
-            Binary::PRelu => {
-                if x >= 0.0 {
-                    x
-                } else {
-                    y * x
-                }
+    broadcast_zip(a, b, out_shape, |x, y| match f {
+        Binary::Sub => x - y,
+        Binary::Mul => x * y,
+        Binary::Div => x / y,
+        Binary::PRelu => {
+            if x >= 0.0 {
+                x
+            } else {
+                y * x
             }
         }
-    });
-    Ok(out)
+    })
 }
 
 #[derive(Clone, Copy)]

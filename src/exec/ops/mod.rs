@@ -234,6 +234,32 @@ pub(super) fn valid_range(
     (lo.min(out), hi.min(out).max(lo.min(out)))
 }
 
+/// `f(a, b)` element by element, both operands broadcast (NumPy rules) to `out_shape`.
+pub(crate) fn broadcast_zip(
+    a: &ArrayViewD<'_, f32>,
+    b: &ArrayViewD<'_, f32>,
+    out_shape: &[usize],
+    f: impl Fn(f32, f32) -> f32,
+) -> Result<ArrayD<f32>> {
+    let incompatible = || Error::ShapeMismatch {
+        what: "broadcast operands".into(),
+        expected: format!("shapes broadcastable to {out_shape:?}"),
+        found: format!("{:?} and {:?}", a.shape(), b.shape()),
+    };
+    let ab = a
+        .broadcast(ndarray::IxDyn(out_shape))
+        .ok_or_else(incompatible)?;
+    let bb = b
+        .broadcast(ndarray::IxDyn(out_shape))
+        .ok_or_else(incompatible)?;
+    let mut out = ArrayD::<f32>::zeros(ndarray::IxDyn(out_shape));
+    ndarray::Zip::from(&mut out)
+        .and(&ab)
+        .and(&bb)
+        .for_each(|o, &x, &y| *o = f(x, y));
+    Ok(out)
+}
+
 /// The output code of a clip bound `v` in format `f`: the first code at or above a lower bound, the
 /// last at or below an upper one (infinite bounds: the format's range).
 pub(crate) fn clip_code(f: QFormat, v: f64, lower: bool) -> i64 {
