@@ -51,11 +51,15 @@
 //! ```
 
 mod operating;
+mod sensitivity;
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
-pub use operating::{TermMeasure, measure_terms, plan_at_operating_point, refine_gains};
+pub use operating::{
+    TermMeasure, measure_terms, measure_terms_with, plan_at_operating_point, refine_gains,
+};
+pub use sensitivity::{DRAWS as SENSITIVITY_DRAWS, Sensitivity};
 
 use ndarray::{ArrayD, Axis};
 
@@ -141,6 +145,8 @@ pub struct PlanConfig {
     /// its noise reaches the output, in the allocation and in the prediction. `None` is the paper's
     /// Eq. 9 (every gain 1).
     pub gains: Option<NoiseGains>,
+    /// How [`plan_at_operating_point`] measures each term at the plan's formats.
+    pub sensitivity: Sensitivity,
 }
 
 impl PlanConfig {
@@ -160,6 +166,7 @@ impl PlanConfig {
             activation_step: StepRule::MinExpectedMse,
             curve: CurveSource::Measured,
             gains: None,
+            sensitivity: Sensitivity::Auto,
         }
     }
 
@@ -266,11 +273,43 @@ fn lookup(v: &[(String, f64)], name: &str) -> Result<f64> {
 pub const GAIN_PROBE_DB: f64 = 30.0;
 
 /// Measures [`NoiseGains`] for every weighted layer and activation point of `graph` on `probe`
-/// (a batch of representative inputs, e.g. a few hundred calibration images), with a seeded generator.
+/// (a batch of representative inputs, e.g. a few hundred calibration images), with a seeded generator,
+/// by [`Sensitivity::Auto`].
 ///
 /// # Errors
 /// The executor's errors; [`Error::ZeroVariance`] if the probe's output or a tensor is all zeros.
 pub fn noise_gains(
+    graph: &Graph,
+    probe: ndarray::ArrayViewD<'_, f32>,
+    seed: u64,
+) -> Result<NoiseGains> {
+    noise_gains_with(graph, probe, seed, Sensitivity::Auto)
+}
+
+/// As [`noise_gains`], by the given method: [`Sensitivity::Backward`] (all tensors from one forward
+/// and [`SENSITIVITY_DRAWS`] backward passes per batch, linearised) or [`Sensitivity::Forward`] (one
+/// float run of the probe per tensor and kind of perturbation).
+///
+/// # Errors
+/// As [`noise_gains`]; with `Backward`, [`Error::Unsupported`] naming a node whose op has no
+/// backward pass (`Auto` falls back to `Forward` there).
+pub fn noise_gains_with(
+    graph: &Graph,
+    probe: ndarray::ArrayViewD<'_, f32>,
+    seed: u64,
+    method: Sensitivity,
+) -> Result<NoiseGains> {
+    match method {
+        Sensitivity::Backward => sensitivity::gains_backward(graph, probe, seed),
+        Sensitivity::Auto => match sensitivity::gains_backward(graph, probe.view(), seed) {
+            Err(Error::Unsupported(_)) => noise_gains_forward(graph, probe, seed),
+            other => other,
+        },
+        Sensitivity::Forward => noise_gains_forward(graph, probe, seed),
+    }
+}
+
+fn noise_gains_forward(
     graph: &Graph,
     probe: ndarray::ArrayViewD<'_, f32>,
     seed: u64,

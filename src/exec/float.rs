@@ -168,6 +168,200 @@ impl<'g> FloatExecutor<'g> {
     }
 }
 
+/// Every value of one forward pass, kept for [`FloatExecutor::backward`].
+#[derive(Debug, Clone)]
+pub struct Tape {
+    input: ArrayD<f32>,
+    values: Vec<ArrayD<f32>>,
+}
+
+impl Tape {
+    /// The graph input the pass ran on.
+    pub fn input(&self) -> &ArrayD<f32> {
+        &self.input
+    }
+    /// The output of node `i` (graph order).
+    pub fn value(&self, i: usize) -> Option<&ArrayD<f32>> {
+        self.values.get(i)
+    }
+}
+
+/// The gradients of one backward pass: ∂L/∂t for the graph input and every node output t that
+/// reaches the graph output (`None` for those that do not).
+#[derive(Debug, Clone)]
+pub struct Gradients {
+    /// ∂L/∂input.
+    pub input: Option<ArrayD<f32>>,
+    /// ∂L/∂(output of node i), graph order.
+    pub nodes: Vec<Option<ArrayD<f32>>>,
+}
+
+impl<'g> FloatExecutor<'g> {
+    /// Runs the graph on `input` like [`FloatExecutor::run`] and keeps every node's output (no value
+    /// is freed or overwritten) for a backward pass. Memory: the sum of all activations of the batch.
+    ///
+    /// # Errors
+    /// As [`FloatExecutor::run`].
+    pub fn run_taped(&self, input: ArrayViewD<'_, f32>) -> Result<Tape> {
+        let shapes = self.graph.infer_shapes(input.shape())?;
+        let mut values: Vec<ArrayD<f32>> = Vec::with_capacity(self.graph.nodes().len());
+        for (i, node) in self.graph.nodes().iter().enumerate() {
+            let args = self.args(i, input.view(), &values)?;
+            let out = ops::eval_float(&node.op, &args, &shapes[i])?;
+            drop(args);
+            values.push(out);
+        }
+        Ok(Tape {
+            input: input.to_owned(),
+            values,
+        })
+    }
+
+    /// The output of a taped pass.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] if `tape` is from another graph.
+    pub fn tape_output<'t>(&'t self, tape: &'t Tape) -> Result<&'t ArrayD<f32>> {
+        match self.output {
+            Source::Input => Ok(&tape.input),
+            Source::Initializer(a) => Ok(a),
+            Source::Node(j) => tape.values.get(j).ok_or_else(|| freed("output")),
+        }
+    }
+
+    /// Back-propagates `d_output` (∂L/∂output, the output's shape) through the taped pass: the
+    /// vector-Jacobian products of every node in reverse order, summed where a value has several
+    /// readers. Initializers get no gradient.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unsupported`] naming the node if an op on the path has no backward pass;
+    /// [`crate::Error::ShapeMismatch`] if `d_output` does not have the output's shape.
+    ///
+    /// # Example
+    /// ```
+    /// use fixq::graph::{Graph, Node, Op, TensorInfo};
+    /// use fixq::exec::FloatExecutor;
+    /// use ndarray::{ArrayD, IxDyn};
+    ///
+    /// let input = TensorInfo { name: "x".into(), shape: vec![None, Some(3)] };
+    /// let relu = Node { name: "r".into(), op: Op::Relu, inputs: vec!["x".into()], output: "y".into() };
+    /// let graph = Graph::new(input, "y", vec![relu], vec![])?;
+    /// let exec = FloatExecutor::new(&graph);
+    /// let x = ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![-1.0, 0.5, 2.0])?;
+    /// let tape = exec.run_taped(x.view())?;
+    /// let dy = ArrayD::from_elem(IxDyn(&[1, 3]), 1.0f32);
+    /// let g = exec.backward(&tape, dy.view())?;
+    /// assert_eq!(g.input.unwrap().as_slice().unwrap(), &[0.0, 1.0, 1.0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn backward(&self, tape: &Tape, d_output: ArrayViewD<'_, f32>) -> Result<Gradients> {
+        let n = self.graph.nodes().len();
+        let out = self.tape_output(tape)?;
+        if out.shape() != d_output.shape() {
+            return Err(crate::Error::ShapeMismatch {
+                what: "output gradient".into(),
+                expected: format!("{:?}", out.shape()),
+                found: format!("{:?}", d_output.shape()),
+            });
+        }
+        let mut grads: Vec<Option<ArrayD<f32>>> = vec![None; n];
+        let mut input_grad: Option<ArrayD<f32>> = None;
+        let add_to = |slot: &mut Option<ArrayD<f32>>, g: ArrayD<f32>| match slot {
+            Some(acc) => *acc += &g,
+            None => *slot = Some(g),
+        };
+        match self.output {
+            Source::Input => input_grad = Some(d_output.to_owned()),
+            Source::Initializer(_) => {}
+            Source::Node(j) => grads[j] = Some(d_output.to_owned()),
+        }
+        for i in (0..n).rev() {
+            let Some(dy) = grads[i].take() else {
+                continue;
+            };
+            let node = &self.graph.nodes()[i];
+            let args = self.args(i, tape.input.view(), &tape.values)?;
+            let need: Vec<bool> = self.sources[i]
+                .iter()
+                .map(|s| !matches!(s, Source::Initializer(_)))
+                .collect();
+            let g = ops::Grad {
+                x: &args,
+                y: tape.values[i].view(),
+                dy: dy.view(),
+                need: &need,
+            };
+            let dx = ops::vjp_float(&node.op, &g).map_err(|e| match e {
+                crate::Error::Unsupported(why) => crate::Error::Unsupported(format!(
+                    "node '{}' ({}): {why}",
+                    node.name,
+                    node.op.name()
+                )),
+                other => other,
+            })?;
+            for (s, d) in self.sources[i].iter().zip(dx) {
+                let Some(d) = d else { continue };
+                match *s {
+                    Source::Input => add_to(&mut input_grad, d),
+                    Source::Node(j) => add_to(&mut grads[j], d),
+                    Source::Initializer(_) => {}
+                }
+            }
+            grads[i] = Some(dy);
+        }
+        Ok(Gradients {
+            input: input_grad,
+            nodes: grads,
+        })
+    }
+
+    /// The change of node `i`'s output, in the taped pass, when its constant input `which` (a
+    /// weight) changes by `d`: the node evaluated on its first two inputs with `which` replaced by
+    /// `d` and no bias — exact for Conv, Gemm and MatMul, which are linear in their weights.
+    pub(crate) fn weight_delta(
+        &self,
+        tape: &Tape,
+        i: usize,
+        which: usize,
+        d: ArrayViewD<'_, f32>,
+    ) -> Result<ArrayD<f32>> {
+        let node = &self.graph.nodes()[i];
+        let args = self.args(i, tape.input.view(), &tape.values)?;
+        if which >= args.len().min(2) {
+            return Err(crate::Error::Internal {
+                reason: format!("node '{}' has no input {which}", node.name),
+            });
+        }
+        let args: Vec<ArrayViewD<'_, f32>> = args
+            .into_iter()
+            .take(2)
+            .enumerate()
+            .map(|(k, a)| if k == which { d.view() } else { a })
+            .collect();
+        ops::eval_float(&node.op, &args, tape.values[i].shape())
+    }
+
+    /// The arguments of node `i` from the graph input and the values computed so far.
+    fn args<'a>(
+        &'a self,
+        i: usize,
+        input: ArrayViewD<'a, f32>,
+        values: &'a [ArrayD<f32>],
+    ) -> Result<Vec<ArrayViewD<'a, f32>>> {
+        self.sources[i]
+            .iter()
+            .map(move |s| match *s {
+                Source::Input => Ok(input.clone()),
+                Source::Initializer(a) => Ok(a.view()),
+                Source::Node(j) => values
+                    .get(j)
+                    .map(ArrayD::view)
+                    .ok_or_else(|| freed(self.graph.nodes()[i].name.as_str())),
+            })
+            .collect()
+    }
+}
+
 impl FloatExecutor<'_> {
     /// The node whose output node `i` may overwrite: `i` is element-wise unary and the last reader.
     fn in_place_source(&self, i: usize) -> Option<usize> {

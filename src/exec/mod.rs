@@ -12,4 +12,4 @@ pub mod float;
 mod ops;
 
 pub use fixed::FixedNetwork;
-pub use float::FloatExecutor;
+pub use float::{FloatExecutor, Gradients, Tape};

@@ -18,7 +18,10 @@
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::{Calibration, NoiseGains, PlanConfig, QuantPlan, layer_weights, matrix_to_shape, plan};
+use super::{
+    Calibration, NoiseGains, PlanConfig, QuantPlan, Sensitivity, layer_weights, matrix_to_shape,
+    plan,
+};
 use crate::error::{Error, Result};
 use crate::exec::FloatExecutor;
 use crate::fixed::{QFormat, Rounding};
@@ -54,6 +57,39 @@ fn fake(v: f32, f: QFormat) -> f32 {
 /// See `tests/e2e.rs` (`eq9_over_terms_measured_alone_is_within_3_db_of_the_network`) and the
 /// module docs; [`crate::eval::evaluate`] reports these terms per tensor.
 pub fn measure_terms(
+    graph: &Graph,
+    plan: &QuantPlan,
+    probe: ArrayViewD<'_, f32>,
+) -> Result<Vec<TermMeasure>> {
+    measure_terms_with(graph, plan, probe, Sensitivity::Forward)
+}
+
+/// As [`measure_terms`], by the given method: [`Sensitivity::Forward`] runs the float graph once
+/// per tensor with that tensor alone quantized (the exact effect of each term);
+/// [`Sensitivity::Backward`] estimates all terms together from backward passes, to first order in
+/// each term's error (`super::sensitivity`); [`Sensitivity::Auto`] is `Backward` where every op has a
+/// backward pass.
+///
+/// # Errors
+/// As [`measure_terms`]; with `Backward`, [`Error::Unsupported`] naming a node without a backward
+/// pass.
+pub fn measure_terms_with(
+    graph: &Graph,
+    plan: &QuantPlan,
+    probe: ArrayViewD<'_, f32>,
+    method: Sensitivity,
+) -> Result<Vec<TermMeasure>> {
+    match method {
+        Sensitivity::Backward => super::sensitivity::terms_backward(graph, plan, probe),
+        Sensitivity::Auto => match super::sensitivity::terms_backward(graph, plan, probe.view()) {
+            Err(Error::Unsupported(_)) => measure_terms_forward(graph, plan, probe),
+            other => other,
+        },
+        Sensitivity::Forward => measure_terms_forward(graph, plan, probe),
+    }
+}
+
+fn measure_terms_forward(
     graph: &Graph,
     plan: &QuantPlan,
     probe: ArrayViewD<'_, f32>,
@@ -192,7 +228,7 @@ pub fn plan_at_operating_point(
     };
     let mut p = plan(graph, calibration, config)?;
     for _ in 0..rounds {
-        let terms = measure_terms(graph, &p, probe.view())?;
+        let terms = measure_terms_with(graph, &p, probe.view(), config.sensitivity)?;
         gains = refine_gains(&gains, &p, &terms)?;
         let cfg = config.clone().with_gains(gains.clone());
         let next = plan(graph, calibration, &cfg)?;

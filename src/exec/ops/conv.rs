@@ -11,7 +11,8 @@ use ndarray::{
 };
 
 use super::{
-    Inputs, IntOp, Lower, Lowered, OpFamily, clip_code, contiguous, dims4, shape_err, valid_range,
+    Grad, Inputs, IntOp, Lower, Lowered, OpFamily, clip_code, contiguous, dims4, reduce_to_shape,
+    shape_err, valid_range,
 };
 use crate::error::{Error, Result};
 use crate::exec::act::Act;
@@ -57,6 +58,122 @@ impl OpFamily for Weighted {
             } => gemm(&x[0], &x[1], x.get(2), *alpha, *beta, *trans_a, *trans_b),
             _ => matmul(&x[0], &x[1], out_shape),
         }
+    }
+
+    fn vjp_float(&self, op: &Op, g: &Grad<'_, '_>) -> Result<Vec<Option<ArrayD<f32>>>> {
+        let mut out: Vec<Option<ArrayD<f32>>> = vec![None; g.x.len()];
+        match op {
+            Op::Conv {
+                stride,
+                pad,
+                dilation,
+                groups,
+            } => {
+                if g.needs(1) || g.needs(2) {
+                    return Err(Error::Unsupported(
+                        "Conv: backward pass to non-constant weights or bias".into(),
+                    ));
+                }
+                if g.needs(0) {
+                    out[0] = Some(conv2d_input_grad(
+                        &g.dy,
+                        &g.x[1],
+                        g.x[0].shape(),
+                        *stride,
+                        *pad,
+                        *dilation,
+                        *groups,
+                    )?);
+                }
+            }
+            Op::Gemm {
+                alpha,
+                beta,
+                trans_a,
+                trans_b,
+            } => {
+                let dy =
+                    g.dy.view()
+                        .into_dimensionality::<Ix2>()
+                        .map_err(shape_err)?;
+                let a = g.x[0]
+                    .view()
+                    .into_dimensionality::<Ix2>()
+                    .map_err(shape_err)?;
+                let b = g.x[1]
+                    .view()
+                    .into_dimensionality::<Ix2>()
+                    .map_err(shape_err)?;
+                let opb = if *trans_b { b.reversed_axes() } else { b };
+                let opa = if *trans_a { a.reversed_axes() } else { a };
+                if g.needs(0) {
+                    // d op(A) = α·dY·op(B)ᵀ.
+                    let d = dy.dot(&opb.t()) * *alpha;
+                    out[0] = Some(
+                        if *trans_a { d.reversed_axes() } else { d }
+                            .as_standard_layout()
+                            .into_owned()
+                            .into_dyn(),
+                    );
+                }
+                if g.needs(1) {
+                    let d = opa.t().dot(&dy) * *alpha;
+                    out[1] = Some(
+                        if *trans_b { d.reversed_axes() } else { d }
+                            .as_standard_layout()
+                            .into_owned()
+                            .into_dyn(),
+                    );
+                }
+                if g.needs(2) {
+                    let c = reduce_to_shape(&g.dy, g.x[2].shape())?;
+                    out[2] = Some(c * *beta);
+                }
+            }
+            _ => {
+                // a [..., M, K] x b [K, N] (or batched b [..., K, N]).
+                let (ra, rb) = (g.x[0].ndim(), g.x[1].ndim());
+                let (m, k, n) = (
+                    g.x[0].shape()[ra - 2],
+                    g.x[0].shape()[ra - 1],
+                    g.x[1].shape()[rb - 1],
+                );
+                let batch: usize = g.x[0].shape()[..ra - 2].iter().product();
+                let dy = contiguous(&g.dy);
+                let av = contiguous(&g.x[0]);
+                let bv = contiguous(&g.x[1]);
+                let (mut da, mut db) = (vec![0f32; batch * m * k], vec![0f32; bv.len()]);
+                for i in 0..batch {
+                    let dyi = ArrayView2::from_shape((m, n), &dy[i * m * n..(i + 1) * m * n])
+                        .map_err(shape_err)?;
+                    let bo = if rb == 2 { 0 } else { i * k * n };
+                    let bi =
+                        ArrayView2::from_shape((k, n), &bv[bo..bo + k * n]).map_err(shape_err)?;
+                    if g.needs(0) {
+                        let mut d =
+                            ArrayViewMut2::from_shape((m, k), &mut da[i * m * k..(i + 1) * m * k])
+                                .map_err(shape_err)?;
+                        general_mat_mul(1.0, &dyi, &bi.t(), 0.0, &mut d);
+                    }
+                    if g.needs(1) {
+                        let ai = ArrayView2::from_shape((m, k), &av[i * m * k..(i + 1) * m * k])
+                            .map_err(shape_err)?;
+                        let mut d = ArrayViewMut2::from_shape((k, n), &mut db[bo..bo + k * n])
+                            .map_err(shape_err)?;
+                        general_mat_mul(1.0, &ai.t(), &dyi, 1.0, &mut d);
+                    }
+                }
+                if g.needs(0) {
+                    out[0] =
+                        Some(ArrayD::from_shape_vec(IxDyn(g.x[0].shape()), da).map_err(shape_err)?);
+                }
+                if g.needs(1) {
+                    out[1] =
+                        Some(ArrayD::from_shape_vec(IxDyn(g.x[1].shape()), db).map_err(shape_err)?);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn lower_fixed(&self, cx: &Lower<'_>) -> Result<Lowered> {
@@ -300,6 +417,99 @@ pub(super) fn im2col(
             }
         }
     }
+}
+
+/// Adds the receptive-field columns `cols` (`[cg * kh * kw, oh * ow]`) back onto one image's group
+/// `x` (`[cg, h, w]`): the adjoint of [`im2col`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn col2im_add(
+    cols: &[f32],
+    [cg, h, w]: [usize; 3],
+    [kh, kw]: [usize; 2],
+    [oh, ow]: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 4],
+    dilation: [usize; 2],
+    x: &mut [f32],
+) {
+    let p = oh * ow;
+    let (sh, sw) = (stride[0], stride[1]);
+    for ci in 0..cg {
+        let plane = &mut x[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..kh {
+            let (oy_lo, oy_hi) = valid_range(oh, h, sh, ky * dilation[0], pad[0]);
+            for kx in 0..kw {
+                let row = (ci * kh + ky) * kw + kx;
+                let src = &cols[row * p..(row + 1) * p];
+                let off_x = kx * dilation[1];
+                let (ox_lo, ox_hi) = valid_range(ow, w, sw, off_x, pad[1]);
+                if ox_hi <= ox_lo {
+                    continue;
+                }
+                for oy in oy_lo..oy_hi {
+                    let iy = oy * sh + ky * dilation[0] - pad[0];
+                    let dst = &mut plane[iy * w..(iy + 1) * w];
+                    let ix0 = ox_lo * sw + off_x - pad[1];
+                    for (k, &v) in src[oy * ow + ox_lo..oy * ow + ox_hi].iter().enumerate() {
+                        dst[ix0 + k * sw] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// ∂L/∂x of [`conv2d`] given ∂L/∂y (`dy [N,O,oh,ow]`): per image and group, Wᵀ·dY, then
+/// [`col2im_add`].
+pub(super) fn conv2d_input_grad(
+    dy: &ArrayViewD<'_, f32>,
+    w: &ArrayViewD<'_, f32>,
+    x_shape: &[usize],
+    stride: [usize; 2],
+    pad: [usize; 4],
+    dilation: [usize; 2],
+    groups: usize,
+) -> Result<ArrayD<f32>> {
+    let [n, c, h, wd] = dims4(x_shape);
+    let [o, cg, kh, kw] = dims4(w.shape());
+    let [_, _, oh, ow] = dims4(dy.shape());
+    let (og, k, p) = (o / groups, cg * kh * kw, oh * ow);
+    let dys = contiguous(dy);
+    let ws = contiguous(w);
+    let pointwise = kh == 1 && kw == 1 && stride == [1, 1] && pad == [0; 4];
+    let mut dx = vec![0f32; n * c * h * wd];
+    let mut cols = vec![0f32; k * p];
+    for img in 0..n {
+        for g in 0..groups {
+            let lhs = ArrayView2::from_shape((og, k), &ws[g * og * k..(g + 1) * og * k])
+                .map_err(shape_err)?;
+            let d = ArrayView2::from_shape(
+                (og, p),
+                &dys[(img * o + g * og) * p..(img * o + (g + 1) * og) * p],
+            )
+            .map_err(shape_err)?;
+            let xg = &mut dx[(img * c + g * cg) * h * wd..(img * c + (g + 1) * cg) * h * wd];
+            if pointwise {
+                let mut dst = ArrayViewMut2::from_shape((k, p), xg).map_err(shape_err)?;
+                general_mat_mul(1.0, &lhs.t(), &d, 0.0, &mut dst);
+            } else {
+                let mut dst =
+                    ArrayViewMut2::from_shape((k, p), &mut cols[..]).map_err(shape_err)?;
+                general_mat_mul(1.0, &lhs.t(), &d, 0.0, &mut dst);
+                col2im_add(
+                    &cols,
+                    [cg, h, wd],
+                    [kh, kw],
+                    [oh, ow],
+                    stride,
+                    pad,
+                    dilation,
+                    xg,
+                );
+            }
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(x_shape), dx).map_err(shape_err)
 }
 
 /// 2-D convolution, `x [N,C,H,W]`, `w [O,C/g,kh,kw]`, optional `b [O]`.

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use ndarray::{ArrayD, ArrayViewD};
 
 use super::shape::shift_round;
-use super::{Inputs, IntOp, Lower, Lowered, OpFamily, broadcast_zip, clip_code};
-use crate::error::Result;
+use super::{
+    Grad, Inputs, IntOp, Lower, Lowered, OpFamily, broadcast_zip, clip_code, reduce_to_shape,
+};
+use crate::error::{Error, Result};
 use crate::exec::act::{Act, Code, Kind, Visit2, Visit3, dispatch2, dispatch3, wrong_storage};
 use crate::fixed::QTensor;
 use crate::graph::Op;
@@ -30,6 +32,47 @@ impl OpFamily for Elementwise {
             Op::Clip { min, max } => Ok(x[0].mapv(|v| clip(v, min, max))),
             _ => Ok(x[0].mapv(|v| if v < 0.0 { 0.0 } else { v })),
         }
+    }
+
+    fn vjp_float(&self, op: &Op, g: &Grad<'_, '_>) -> Result<Vec<Option<ArrayD<f32>>>> {
+        let mut out: Vec<Option<ArrayD<f32>>> = vec![None; g.x.len()];
+        match *op {
+            Op::Add => {
+                for (i, o) in out.iter_mut().enumerate().take(2) {
+                    if g.needs(i) {
+                        *o = Some(reduce_to_shape(&g.dy, g.x[i].shape())?);
+                    }
+                }
+            }
+            Op::BatchNormalization { epsilon } => {
+                if g.need.iter().skip(1).any(|&n| n) {
+                    return Err(Error::Unsupported(
+                        "BatchNormalization: backward pass to non-constant statistics".into(),
+                    ));
+                }
+                if g.needs(0) {
+                    let mut d = g.dy.to_owned();
+                    for (c, mut plane) in d.axis_iter_mut(ndarray::Axis(1)).enumerate() {
+                        let s = f64::from(g.x[1][c])
+                            / (f64::from(g.x[4][c]) + f64::from(epsilon)).sqrt();
+                        let s = s as f32;
+                        plane.mapv_inplace(|v| v * s);
+                    }
+                    out[0] = Some(d);
+                }
+            }
+            Op::Clip { min, max } => {
+                if g.needs(0) {
+                    out[0] = Some(masked(&g.dy, &g.x[0], |v| v > min && v < max));
+                }
+            }
+            _ => {
+                if g.needs(0) {
+                    out[0] = Some(masked(&g.dy, &g.x[0], |v| v > 0.0));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn lower_fixed(&self, cx: &Lower<'_>) -> Result<Lowered> {
@@ -69,6 +112,21 @@ impl OpFamily for Elementwise {
             observed: true,
         })
     }
+}
+
+/// `dy` where `keep(x)`, else 0 (the backward pass of Relu and Clip).
+pub(super) fn masked(
+    dy: &ArrayViewD<'_, f32>,
+    x: &ArrayViewD<'_, f32>,
+    keep: impl Fn(f32) -> bool,
+) -> ArrayD<f32> {
+    let mut d = dy.to_owned();
+    ndarray::Zip::from(&mut d).and(x).for_each(|d, &v| {
+        if !keep(v) {
+            *d = 0.0;
+        }
+    });
+    d
 }
 
 /// Applies Relu or Clip in place (identity for anything else).

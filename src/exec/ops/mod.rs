@@ -22,7 +22,7 @@ mod shape;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::{ArrayD, ArrayViewD, Axis};
 
 use super::act::Act;
 use crate::error::{Error, Result};
@@ -48,6 +48,41 @@ pub(crate) trait OpFamily: Sync {
     /// [`Error::Unsupported`] (naming the node) by default: the op does not run in integers.
     fn lower_fixed(&self, cx: &Lower<'_>) -> Result<Lowered> {
         Err(cx.unsupported("not supported by the fixed-point network"))
+    }
+
+    /// The vector-Jacobian product of `op` at its inputs `x` and output `y`: given `dy`, a vector
+    /// over the output (∂L/∂y for some scalar L), returns ∂L/∂xᵢ = (∂y/∂xᵢ)ᵀ·dy for every input i
+    /// with `need[i]` (`None` for the others). Where the op is not differentiable (a ReLU at 0, a
+    /// max tie) it takes one side, as frameworks do.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] by default: the op has no backward pass (planning then measures
+    /// sensitivities with forward passes only, [`crate::plan`]).
+    fn vjp_float(&self, op: &Op, g: &Grad<'_, '_>) -> Result<Vec<Option<ArrayD<f32>>>> {
+        let _ = g;
+        Err(Error::Unsupported(format!(
+            "{}: no backward pass",
+            op.name()
+        )))
+    }
+}
+
+/// What [`OpFamily::vjp_float`] is given: the forward inputs and output, and the output's gradient.
+pub(crate) struct Grad<'a, 'v> {
+    /// The op's inputs, as the forward pass saw them.
+    pub x: &'a [ArrayViewD<'v, f32>],
+    /// The op's output.
+    pub y: ArrayViewD<'a, f32>,
+    /// ∂L/∂y, the shape of `y`.
+    pub dy: ArrayViewD<'a, f32>,
+    /// Which inputs need a gradient.
+    pub need: &'a [bool],
+}
+
+impl Grad<'_, '_> {
+    /// Whether input `i` needs a gradient.
+    pub(crate) fn needs(&self, i: usize) -> bool {
+        self.need.get(i).copied().unwrap_or(false)
     }
 }
 
@@ -180,6 +215,34 @@ pub(crate) fn eval_float(
     out_shape: &[usize],
 ) -> Result<ArrayD<f32>> {
     family(op).eval_float(op, x, out_shape)
+}
+
+/// The vector-Jacobian product of one operator in `f32` ([`OpFamily::vjp_float`]).
+pub(crate) fn vjp_float(op: &Op, g: &Grad<'_, '_>) -> Result<Vec<Option<ArrayD<f32>>>> {
+    family(op).vjp_float(op, g)
+}
+
+/// Sums `g` (the gradient over a broadcast result) down to `shape`, the operand's own shape under
+/// NumPy broadcasting: axes the operand lacks or has as 1 are summed.
+pub(crate) fn reduce_to_shape(g: &ArrayViewD<'_, f32>, shape: &[usize]) -> Result<ArrayD<f32>> {
+    let mut acc = g.to_owned();
+    let lead = acc.ndim().saturating_sub(shape.len());
+    for _ in 0..lead {
+        acc = acc.sum_axis(Axis(0));
+    }
+    for (a, &d) in shape.iter().enumerate() {
+        if d == 1 && acc.shape()[a] != 1 {
+            acc = acc.sum_axis(Axis(a)).insert_axis(Axis(a));
+        }
+    }
+    if acc.shape() != shape {
+        return Err(Error::ShapeMismatch {
+            what: "broadcast gradient".into(),
+            expected: format!("{shape:?}"),
+            found: format!("{:?}", g.shape()),
+        });
+    }
+    Ok(acc)
 }
 
 /// Applies an element-wise unary op in place (identity for anything else): the float executor's

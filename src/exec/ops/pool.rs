@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, Ix4, IxDyn};
 
-use super::{Inputs, IntOp, Lower, Lowered, OpFamily, contiguous, dims4, shape_err};
+use super::{Grad, Inputs, IntOp, Lower, Lowered, OpFamily, contiguous, dims4, shape_err};
 use crate::error::Result;
 use crate::exec::act::{Act, Code, Kind, Visit2, dispatch2, wrong_storage};
 use crate::fixed::{QFormat, QTensor};
@@ -30,6 +30,83 @@ impl OpFamily for Pooling {
             } => average_pool(&x[0], pool, *count_include_pad, out_shape),
             _ => global_average_pool(&x[0], out_shape),
         }
+    }
+
+    fn vjp_float(&self, op: &Op, g: &Grad<'_, '_>) -> Result<Vec<Option<ArrayD<f32>>>> {
+        if !g.needs(0) {
+            return Ok(vec![None]);
+        }
+        let dx = match op {
+            Op::MaxPool(p) => {
+                pool_backward(&g.x[0], p, &g.dy, |plane, w, [y0, x0], [h, wd], d, dst| {
+                    let mut best = (f32::NEG_INFINITY, None);
+                    for ky in 0..p.kernel[0] {
+                        let iy = y0 + (ky * p.dilation[0]) as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..p.kernel[1] {
+                            let ix = x0 + (kx * p.dilation[1]) as isize;
+                            if ix >= 0 && ix < wd as isize {
+                                let at = iy as usize * w + ix as usize;
+                                if plane[at] > best.0 || best.1.is_none() {
+                                    best = (plane[at], Some(at));
+                                }
+                            }
+                        }
+                    }
+                    if let Some(at) = best.1 {
+                        dst[at] += d;
+                    }
+                })?
+            }
+            Op::AveragePool {
+                pool: p,
+                count_include_pad,
+            } => {
+                let [_, _, h, w] = dims4(g.x[0].shape());
+                let (ph_end, pw_end) = ((h + p.pad[2]) as isize, (w + p.pad[3]) as isize);
+                let (ph_begin, pw_begin) = (-(p.pad[0] as isize), -(p.pad[1] as isize));
+                pool_backward(&g.x[0], p, &g.dy, |_, w, [y0, x0], [h, wd], d, dst| {
+                    let taps = |mut f: Box<dyn FnMut(usize) + '_>| {
+                        let (mut inside, mut padded) = (0usize, 0usize);
+                        for ky in 0..p.kernel[0] {
+                            let iy = y0 + (ky * p.dilation[0]) as isize;
+                            let y_in_pad = iy >= ph_begin && iy < ph_end;
+                            for kx in 0..p.kernel[1] {
+                                let ix = x0 + (kx * p.dilation[1]) as isize;
+                                if y_in_pad && ix >= pw_begin && ix < pw_end {
+                                    padded += 1;
+                                }
+                                if iy >= 0 && iy < h as isize && ix >= 0 && ix < wd as isize {
+                                    f(iy as usize * w + ix as usize);
+                                    inside += 1;
+                                }
+                            }
+                        }
+                        if *count_include_pad { padded } else { inside }
+                    };
+                    let count = taps(Box::new(|_| {}));
+                    if count > 0 {
+                        let share = d / count as f32;
+                        taps(Box::new(|at| dst[at] += share));
+                    }
+                })?
+            }
+            _ => {
+                let [_, _, h, w] = dims4(g.x[0].shape());
+                let hw = (h * w).max(1);
+                let mut dx = ArrayD::<f32>::zeros(g.x[0].raw_dim());
+                let dy = contiguous(&g.dy);
+                if let Some(s) = dx.as_slice_mut() {
+                    for (plane, &d) in s.chunks_exact_mut(hw).zip(dy.iter()) {
+                        plane.fill(d / hw as f32);
+                    }
+                }
+                dx
+            }
+        };
+        Ok(vec![Some(dx)])
     }
 
     fn lower_fixed(&self, cx: &Lower<'_>) -> Result<Lowered> {
@@ -201,6 +278,45 @@ pub(super) fn pool_planes(
         }
     }
     ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(shape_err)
+}
+
+/// The backward window walk: for each output position with gradient `d`, calls
+/// `f(plane of x, row length, [y0, x0] in padded coordinates, [h, w], d, plane of dx)`.
+#[allow(clippy::type_complexity)]
+fn pool_backward(
+    x: &ArrayViewD<'_, f32>,
+    p: &Pool2d,
+    dy: &ArrayViewD<'_, f32>,
+    mut f: impl FnMut(&[f32], usize, [isize; 2], [usize; 2], f32, &mut [f32]),
+) -> Result<ArrayD<f32>> {
+    let [n, c, h, w] = dims4(x.shape());
+    let [_, _, oh, ow] = dims4(dy.shape());
+    let xs = contiguous(x);
+    let dys = contiguous(dy);
+    let hw = (h * w).max(1);
+    let mut dx = vec![0f32; n * c * h * w];
+    for (i, (plane, dst)) in xs
+        .chunks_exact(hw)
+        .zip(dx.chunks_exact_mut(hw))
+        .take(n * c)
+        .enumerate()
+    {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let y0 = (oy * p.stride[0]) as isize - p.pad[0] as isize;
+                let x0 = (ox * p.stride[1]) as isize - p.pad[1] as isize;
+                f(
+                    plane,
+                    w,
+                    [y0, x0],
+                    [h, w],
+                    dys[(i * oh + oy) * ow + ox],
+                    dst,
+                );
+            }
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(x.shape()), dx).map_err(shape_err)
 }
 
 /// Max pooling; padded positions never win.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 
-use super::{Inputs, IntOp, Lower, Lowered, OpFamily, contiguous, shape_err};
+use super::{Grad, Inputs, IntOp, Lower, Lowered, OpFamily, contiguous, shape_err};
 use crate::error::Result;
 use crate::exec::act::{Act, Code, Kind, Visit1, dispatch1, wrong_storage};
 use crate::fixed::QFormat;
@@ -37,6 +37,73 @@ impl OpFamily for ShapeOps {
             Op::Concat { axis } => concat(x, *axis),
             _ => Ok(x[0].to_owned()),
         }
+    }
+
+    fn vjp_float(&self, op: &Op, g: &Grad<'_, '_>) -> Result<Vec<Option<ArrayD<f32>>>> {
+        let mut out: Vec<Option<ArrayD<f32>>> = vec![None; g.x.len()];
+        match op {
+            Op::Concat { axis } => {
+                let a = resolve_axis(*axis, g.dy.ndim(), false)?;
+                let mut at = 0;
+                for (i, x) in g.x.iter().enumerate() {
+                    let len = x.shape()[a];
+                    if g.needs(i) {
+                        let part = g.dy.slice_axis(Axis(a), Slice::from(at..at + len));
+                        out[i] = Some(part.to_owned());
+                    }
+                    at += len;
+                }
+            }
+            _ if !g.needs(0) => {}
+            Op::Slice {
+                starts,
+                ends,
+                axes,
+                steps,
+            } => {
+                let mut dx = ArrayD::<f32>::zeros(g.x[0].raw_dim());
+                let plan = slice_plan(g.x[0].shape(), starts, ends, axes, steps)?;
+                let mut v = dx.view_mut();
+                for (ax, first, len, step) in plan {
+                    v.slice_axis_inplace(Axis(ax), slice_of(first, len, step));
+                }
+                v.assign(&g.dy);
+                out[0] = Some(dx);
+            }
+            Op::Pad { pads, .. } => {
+                // The adjoint of padding: the part of dy that came from x, where it came from.
+                let x = &g.x[0];
+                let r = x.ndim();
+                let mut dx = ArrayD::<f32>::zeros(x.raw_dim());
+                if !g.dy.is_empty() {
+                    let src_range = |ax: usize| -> (usize, usize) {
+                        let d = x.shape()[ax] as i64;
+                        let lo = (-pads[ax]).clamp(0, d);
+                        let hi = (d + pads[ax + r]).clamp(lo, d);
+                        (lo as usize, hi as usize)
+                    };
+                    let from = g.dy.slice_each_axis(|a| {
+                        let (lo, hi) = src_range(a.axis.index());
+                        let at = pads[a.axis.index()].max(0) as usize;
+                        Slice::new(at as isize, Some((at + hi - lo) as isize), 1)
+                    });
+                    dx.slice_each_axis_mut(|a| {
+                        let (lo, hi) = src_range(a.axis.index());
+                        Slice::new(lo as isize, Some(hi as isize), 1)
+                    })
+                    .assign(&from);
+                }
+                out[0] = Some(dx);
+            }
+            // Flatten, Reshape, Identity: the same elements in the same order.
+            _ => {
+                out[0] = Some(
+                    ArrayD::from_shape_vec(g.x[0].raw_dim(), contiguous(&g.dy).into_owned())
+                        .map_err(shape_err)?,
+                );
+            }
+        }
+        Ok(out)
     }
 
     fn lower_fixed(&self, cx: &Lower<'_>) -> Result<Lowered> {
@@ -221,18 +288,22 @@ pub(super) fn slice<T: Clone>(
     let plan = slice_plan(x.shape(), starts, ends, axes, steps)?;
     let mut v = x.view();
     for (ax, first, len, step) in plan {
-        let s = if len == 0 {
-            Slice::new(0, Some(0), 1)
-        } else if step > 0 {
-            let last = first + (len - 1) * step as usize;
-            Slice::new(first as isize, Some(last as isize + 1), step as isize)
-        } else {
-            let last = first - (len - 1) * step.unsigned_abs() as usize;
-            Slice::new(last as isize, Some(first as isize + 1), step as isize)
-        };
-        v.slice_axis_inplace(Axis(ax), s);
+        v.slice_axis_inplace(Axis(ax), slice_of(first, len, step));
     }
     Ok(v.to_owned())
+}
+
+/// The ndarray slice of `len` elements from `first` by `step` (negative: backwards).
+fn slice_of(first: usize, len: usize, step: i64) -> Slice {
+    if len == 0 {
+        Slice::new(0, Some(0), 1)
+    } else if step > 0 {
+        let last = first + (len - 1) * step as usize;
+        Slice::new(first as isize, Some(last as isize + 1), step as isize)
+    } else {
+        let last = first - (len - 1) * step.unsigned_abs() as usize;
+        Slice::new(last as isize, Some(first as isize + 1), step as isize)
+    }
 }
 
 /// Constant padding; negative pads crop (any element type).
