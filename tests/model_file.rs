@@ -43,7 +43,15 @@ fn bits(a: &ArrayD<f32>) -> Vec<u32> {
 /// bit-identical outputs on `images`.
 fn assert_same(model: &QuantizedModel, loaded: &QuantizedModel, images: &ArrayD<f32>) {
     assert_eq!(loaded.plan(), model.plan());
-    assert_eq!(loaded.network().weights(), model.network().weights());
+    // The codes and formats (a code tensor's count of weights clipped when it was quantized is not
+    // stored: loaded codes count 0).
+    let (a, b) = (loaded.network().weights(), model.network().weights());
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.node, y.node);
+        assert_eq!(x.codes.codes(), y.codes.codes());
+        assert_eq!(x.codes.formats(), y.codes.formats());
+    }
     assert_eq!(
         loaded.network().input_format(),
         model.network().input_format()
@@ -70,7 +78,11 @@ fn boundaries(bytes: &[u8]) -> Vec<(String, usize)> {
         pos += 12 + len;
         out.push((format!("{tag} end"), pos));
     }
-    assert_eq!(pos, bytes.len() - 4, "the checksum follows the last section");
+    assert_eq!(
+        pos,
+        bytes.len() - 4,
+        "the checksum follows the last section"
+    );
     out
 }
 
@@ -130,11 +142,19 @@ fn digits_file_size_is_the_payload_plus_a_small_overhead() {
         payload_bits,
         bytes.len()
     );
-    // The overhead holds the topology, the biases as f32, every format (plan, codes, report), the
-    // predicted and measured figures and the 84 bytes of container; for the digits CNN it stays
-    // under 4 KiB (docs/format.md gives the measured figure).
+    let b = boundaries(bytes);
+    for k in 0..5 {
+        println!(
+            "  {}: {} bytes",
+            b[3 * k + 2].0,
+            b[3 * k + 3].1 - b[3 * k + 2].1
+        );
+    }
+    // The overhead holds the topology, the biases as f32, every format (plan and codes), the
+    // predicted and measured figures and the 84 bytes of container. Measured: 3,408 bytes beside
+    // 6,791 of codes (docs/format.md); the bound is 3.5 KiB.
     assert!(overhead >= FIXED_OVERHEAD_BYTES);
-    assert!(overhead <= 4096, "overhead {overhead} bytes");
+    assert!(overhead <= 3584, "overhead {overhead} bytes");
 }
 
 #[test]
@@ -205,7 +225,8 @@ fn small_dense_graph() -> Graph {
 
 fn small_model() -> (QuantizedModel, ArrayD<f32>) {
     let graph = small_dense_graph();
-    let images = Array2::from_shape_fn((40, 6), |(n, i)| ((n * 6 + i) as f32 * 0.77).sin()).into_dyn();
+    let images =
+        Array2::from_shape_fn((40, 6), |(n, i)| ((n * 6 + i) as f32 * 0.77).sin()).into_dyn();
     let model = quantize(
         &graph,
         images.view(),
@@ -249,12 +270,18 @@ fn every_flipped_bit_of_a_file_is_refused() {
         bad[i] ^= 0x10;
         let (offset, reason) = malformed(QuantizedModel::from_bytes(&bad));
         match i {
-            0..8 => assert_eq!((offset, reason.as_str()), (0, "header: not a fixq model file (bad magic)")),
+            0..8 => assert_eq!(
+                (offset, reason.as_str()),
+                (0, "header: not a fixq model file (bad magic)")
+            ),
             8..12 => assert_eq!(offset, 8, "{reason}"),
             12..20 => assert!(reason.contains("bytes"), "{i}: {reason}"),
             _ => {
                 assert_eq!(offset as usize, n - 4, "byte {i}: {reason}");
-                assert!(reason.starts_with("checksum mismatch: the file stores CRC-32 0x"), "{reason}");
+                assert!(
+                    reason.starts_with("checksum mismatch: the file stores CRC-32 0x"),
+                    "{reason}"
+                );
             }
         }
     }
@@ -295,7 +322,12 @@ fn truncation_at_every_section_boundary_names_the_missing_bytes() {
         );
     }
     // Inside the header: what is missing is named.
-    for (cut, need) in [(0, "8 needed for the magic"), (5, "8 needed for the magic"), (10, "12 needed for the version"), (15, "20 needed for the file length")] {
+    for (cut, need) in [
+        (0, "8 needed for the magic"),
+        (5, "8 needed for the magic"),
+        (10, "12 needed for the version"),
+        (15, "20 needed for the file length"),
+    ] {
         let (offset, reason) = malformed(QuantizedModel::from_bytes(&bytes[..cut]));
         assert_eq!(offset as usize, cut);
         assert_eq!(reason, format!("header: truncated: {cut} bytes, {need}"));
@@ -319,8 +351,11 @@ fn a_resealed_truncated_section_is_refused_where_it_ends() {
     let old = u64::from_le_bytes(v[len_at..len_at + 8].try_into().unwrap());
     v[len_at..len_at + 8].copy_from_slice(&(old - 8).to_le_bytes());
     let (offset, reason) = malformed(QuantizedModel::from_bytes(&reseal(v)));
-    assert_eq!(offset as usize, end - 8 - 8, "{reason}");
-    assert_eq!(reason, "plan section: truncated: 8 more bytes needed, 0 left");
+    assert_eq!(offset as usize, end - 8, "{reason}");
+    assert_eq!(
+        reason,
+        "plan section: truncated: 8 more bytes needed, 0 left"
+    );
     // A section that claims more bytes than the file holds.
     let mut v = bytes.clone();
     v[len_at..len_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
@@ -350,7 +385,9 @@ fn wrong_magic_and_version_are_refused_before_the_checksum() {
                 malformed(QuantizedModel::from_bytes(&file)),
                 (
                     8,
-                    format!("header: version {version} is not supported (this fixq reads version 1)")
+                    format!(
+                        "header: version {version} is not supported (this fixq reads version 1)"
+                    )
                 )
             );
         }
@@ -392,7 +429,10 @@ fn resealed_invalid_content_is_refused_at_its_byte() {
     v[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
     let (offset, reason) = malformed(QuantizedModel::from_bytes(&reseal(v)));
     assert_eq!(offset as usize, at);
-    assert!(reason.starts_with("graph section: name length: 4294967295 entries"), "{reason}");
+    assert!(
+        reason.starts_with("graph section: name length: 4294967295 entries"),
+        "{reason}"
+    );
     // The codes section's packed magic.
     let at = find("CODE body");
     let mut v = bytes.clone();
@@ -401,7 +441,8 @@ fn resealed_invalid_content_is_refused_at_its_byte() {
         malformed(QuantizedModel::from_bytes(&reseal(v))),
         (
             at as u64,
-            "weight codes section: packed weights: not a fixq packed weight file (bad magic)".into()
+            "weight codes section: packed weights: not a fixq packed weight file (bad magic)"
+                .into()
         )
     );
     // The report's last field, a flag byte of the first row set to 2.
@@ -412,7 +453,10 @@ fn resealed_invalid_content_is_refused_at_its_byte() {
     v[flag] = 2;
     assert_eq!(
         malformed(QuantizedModel::from_bytes(&reseal(v))),
-        (flag as u64, "report section: flag byte 2, expected 0 or 1".into())
+        (
+            flag as u64,
+            "report section: flag byte 2, expected 0 or 1".into()
+        )
     );
 }
 

@@ -3,21 +3,24 @@
 
 use super::wire::{Reader, Writer};
 use crate::error::{Error, Result};
+use crate::fixed::QFormat;
 use crate::quant_plan::{ActivationPlan, QuantPlan, WeightPlan};
 use crate::quantize::{Report, TensorRow};
 
-/// Writes the plan section.
+/// Writes the plan section. A weight plan's widths are its formats' widths, so only the formats
+/// are written.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a weight plan whose widths and formats disagree (the planner never
+/// makes one; see [`WeightPlan::validate`]).
 pub(crate) fn write_plan(w: &mut Writer, plan: &QuantPlan) -> Result<()> {
     w.count(plan.weights().len(), "weight plans")?;
     for wp in plan.weights() {
+        wp.validate()?;
         w.str(&wp.node)?;
         w.str(&wp.weight)?;
         w.u64(wp.params);
         w.usize(wp.out_channels);
-        w.count(wp.bits.len(), "a weight plan's widths")?;
-        for &b in &wp.bits {
-            w.u32(b);
-        }
         w.formats(&wp.formats)?;
         w.f64(wp.predicted_sqnr_db);
         w.f64(wp.gain_db);
@@ -33,11 +36,11 @@ pub(crate) fn write_plan(w: &mut Writer, plan: &QuantPlan) -> Result<()> {
     Ok(())
 }
 
-/// Reads the plan section; each weight plan must hold what the planner guarantees (one width per
-/// format, matching, in 1..=16; one format or one per output channel).
+/// Reads the plan section; each weight plan must hold what the planner guarantees (widths in
+/// 1..=16; one format or one per output channel).
 pub(crate) fn read_plan(r: &mut Reader<'_>) -> Result<QuantPlan> {
-    // A weight plan takes at least 4 + 4 + 8 + 8 + 4 + 4 + 8 + 8 bytes.
-    let n = r.count(48, "weight plans")?;
+    // A weight plan takes at least 4 + 4 + 8 + 8 + 4 + 8 + 8 bytes.
+    let n = r.count(44, "weight plans")?;
     let mut weights = Vec::with_capacity(n);
     for _ in 0..n {
         let at = r.pos();
@@ -45,9 +48,8 @@ pub(crate) fn read_plan(r: &mut Reader<'_>) -> Result<QuantPlan> {
         let weight = r.str()?;
         let params = r.u64()?;
         let out_channels = r.usize()?;
-        let k = r.count(4, "widths")?;
-        let bits = (0..k).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
         let formats = r.formats()?;
+        let bits = formats.iter().map(|f| f.bits()).collect();
         let wp = WeightPlan {
             node,
             weight,
@@ -79,14 +81,30 @@ pub(crate) fn read_plan(r: &mut Reader<'_>) -> Result<QuantPlan> {
     Ok(QuantPlan::from_parts(weights, activations, predicted))
 }
 
-/// Writes the report section.
-pub(crate) fn write_report(w: &mut Writer, report: &Report) -> Result<()> {
+/// The formats `plan` gives the tensor of a report row: a weight plan's, or an activation's one.
+fn planned_formats<'p>(plan: &'p QuantPlan, name: &str, weights: bool) -> Option<&'p [QFormat]> {
+    if weights {
+        plan.weight(name).map(|w| &w.formats[..])
+    } else {
+        plan.activation(name)
+            .map(|a| std::slice::from_ref(&a.format))
+    }
+}
+
+/// Writes the report section. A row's formats are written as one byte 1 where they are the plan's
+/// for that tensor (always, for a model [`crate::quantize()`] made), else as 0 and the list.
+pub(crate) fn write_report(w: &mut Writer, report: &Report, plan: &QuantPlan) -> Result<()> {
     w.count(report.tensors.len(), "report rows")?;
     for t in &report.tensors {
         w.str(&t.name)?;
         w.bool(t.weights);
         w.f64(t.bits);
-        w.formats(&t.formats)?;
+        if planned_formats(plan, &t.name, t.weights) == Some(&t.formats[..]) {
+            w.bool(true);
+        } else {
+            w.bool(false);
+            w.formats(&t.formats)?;
+        }
         w.f64(t.predicted_sqnr_db);
         w.f64(t.measured_sqnr_db);
     }
@@ -98,17 +116,40 @@ pub(crate) fn write_report(w: &mut Writer, report: &Report) -> Result<()> {
     Ok(())
 }
 
-/// Reads the report section.
-pub(crate) fn read_report(r: &mut Reader<'_>) -> Result<Report> {
-    // A row takes at least 4 + 1 + 8 + 4 + 8 + 8 bytes.
-    let n = r.count(33, "report rows")?;
+/// Reads the report section, with `plan` for the rows whose formats are the plan's.
+pub(crate) fn read_report(r: &mut Reader<'_>, plan: &QuantPlan) -> Result<Report> {
+    // A row takes at least 4 + 1 + 8 + 1 + 8 + 8 bytes.
+    let n = r.count(30, "report rows")?;
     let mut tensors = Vec::with_capacity(n);
     for _ in 0..n {
+        let name = r.str()?;
+        let weights = r.bool()?;
+        let bits = r.f64()?;
+        let at = r.pos();
+        let formats = if r.bool()? {
+            planned_formats(plan, &name, weights)
+                .ok_or_else(|| {
+                    r.err_at(
+                        at,
+                        format!(
+                            "row '{name}' takes the plan's formats, and the plan has none for it"
+                        ),
+                    )
+                })?
+                .to_vec()
+        } else {
+            // A list the plan would give is written as the flag (the one encoding).
+            let f = r.formats()?;
+            if planned_formats(plan, &name, weights) == Some(&f[..]) {
+                return Err(r.err_at(at, format!("row '{name}' lists the plan's formats")));
+            }
+            f
+        };
         tensors.push(TensorRow {
-            name: r.str()?,
-            weights: r.bool()?,
-            bits: r.f64()?,
-            formats: r.formats()?,
+            name,
+            weights,
+            bits,
+            formats,
             predicted_sqnr_db: r.f64()?,
             measured_sqnr_db: r.f64()?,
         });

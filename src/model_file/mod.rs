@@ -14,7 +14,8 @@
 //! quantizes them to the same accumulator codes as the original did. The loaded network's outputs
 //! are therefore bit-identical to the original's, and saving a loaded model writes the same bytes.
 //! (The float weights are not in the file: inside a loaded model the weight initializers hold the
-//! codes' values, which only their shapes are read from.)
+//! codes' values, which only their shapes are read from. Nor is each code tensor's count of weights
+//! clipped at quantization, [`QTensor::saturated`](crate::QTensor::saturated): loaded codes count 0.)
 //!
 //! # Ops
 //! Every [`Op`](crate::graph::Op) has an encoding, so any graph's topology round-trips; a model
@@ -129,7 +130,7 @@ impl QuantizedModel {
                 b"CNST" => topology::write_constants(&mut w, graph)?,
                 b"PLAN" => figures::write_plan(&mut w, self.plan())?,
                 b"CODE" => w.bytes.extend_from_slice(&codes),
-                _ => figures::write_report(&mut w, self.report())?,
+                _ => figures::write_report(&mut w, self.report(), self.plan())?,
             }
             let len = (w.bytes.len() - start) as u64;
             w.bytes[len_at..len_at + 8].copy_from_slice(&len.to_le_bytes());
@@ -181,7 +182,7 @@ impl QuantizedModel {
             other => other,
         })?;
         let mut r = Reader::new(bytes, report_s.0, report_s.1, SECTIONS[4].1);
-        let report = figures::read_report(&mut r)?;
+        let report = figures::read_report(&mut r, &plan)?;
         r.finish()?;
 
         let at = |offset: usize, what: String| Error::Malformed {
@@ -311,7 +312,9 @@ fn split_sections(bytes: &[u8]) -> Result<[(usize, usize); 5]> {
     if version != VERSION {
         return Err(container_err(
             8,
-            format!("header: version {version} is not supported (this fixq reads version {VERSION})"),
+            format!(
+                "header: version {version} is not supported (this fixq reads version {VERSION})"
+            ),
         ));
     }
     if len < HEADER_BYTES {
@@ -431,9 +434,7 @@ fn weights_from_codes(
         }
         let q = wc.codes.dequantize();
         let w = match node.op {
-            Op::Gemm {
-                alpha, trans_b, ..
-            } => {
+            Op::Gemm { alpha, trans_b, .. } => {
                 let w = if trans_b { q } else { q.reversed_axes() };
                 if alpha != 0.0 && alpha.is_finite() {
                     w.mapv(|v| v / alpha)

@@ -108,7 +108,11 @@ fn every_op_graph() -> Graph {
             },
             &["pad_out"],
         ),
-        node("concat", Op::Concat { axis: -3 }, &["slice_out", "slice_out"]),
+        node(
+            "concat",
+            Op::Concat { axis: -3 },
+            &["slice_out", "slice_out"],
+        ),
         node(
             "transpose",
             Op::Transpose {
@@ -120,7 +124,11 @@ fn every_op_graph() -> Graph {
         node("gmp", Op::GlobalMaxPool, &["transpose_out"]),
         node("add2", Op::Add, &["gap_out", "gmp_out"]),
         node("squeeze", Op::Squeeze { axes: vec![2, 3] }, &["add2_out"]),
-        node("unsqueeze", Op::Unsqueeze { axes: vec![-1] }, &["squeeze_out"]),
+        node(
+            "unsqueeze",
+            Op::Unsqueeze { axes: vec![-1] },
+            &["squeeze_out"],
+        ),
         node(
             "mean",
             Op::ReduceMean {
@@ -171,7 +179,10 @@ fn every_op_graph() -> Graph {
         ("gb".to_string(), filled(&[3], 0.01)),
         ("mw".to_string(), filled(&[3, 3], -0.2)),
         // Read by no node: written all the same (nothing the user gave is dropped).
-        ("unused".to_string(), ArrayD::from_elem(IxDyn(&[]), f32::NAN)),
+        (
+            "unused".to_string(),
+            ArrayD::from_elem(IxDyn(&[]), f32::NAN),
+        ),
     ];
     let input = TensorInfo {
         name: "x".into(),
@@ -301,7 +312,9 @@ fn constants_out_of_order_or_holding_a_weight_are_refused() {
     w.usizes(&[0]).unwrap();
     let mut r = Reader::new(&w.bytes, 0, w.bytes.len(), "constants section");
     match read_constants(&mut r, g.nodes()) {
-        Err(Error::Malformed { offset: 4, reason, .. }) => assert_eq!(
+        Err(Error::Malformed {
+            offset: 4, reason, ..
+        }) => assert_eq!(
             reason,
             "constants section: constant 'gw' is a weight tensor the codes section holds"
         ),

@@ -44,7 +44,10 @@ impl Writer {
     pub fn count(&mut self, n: usize, what: &str) -> Result<()> {
         let n = u32::try_from(n).map_err(|_| Error::InvalidArgument {
             name: "model",
-            reason: format!("{what}: {n} entries; a model file holds at most {}", u32::MAX),
+            reason: format!(
+                "{what}: {n} entries; a model file holds at most {}",
+                u32::MAX
+            ),
         })?;
         self.u32(n);
         Ok(())
