@@ -18,7 +18,7 @@
 //! clipped at quantization, [`QTensor::saturated`](crate::QTensor::saturated): loaded codes count 0.)
 //!
 //! # Ops
-//! Every [`Op`](crate::graph::Op) has an encoding, so any graph's topology round-trips; a model
+//! Every [`Op`] has an encoding, so any graph's topology round-trips; a model
 //! exists only for a graph the fixed-point network runs, and a file whose graph it does not run
 //! (only a hand-made one) is refused at load with the network's reason.
 //!
