@@ -1,16 +1,16 @@
-//! Writes real plan JSON and bit-packed weight files for the digits CNN, as seeds for the fuzzers in
-//! `fuzz/` (see docs/reliability.md).
+//! Writes real plan JSON, bit-packed weight files and `.fixq` model files for the digits CNN, as
+//! seeds for the fuzzers in `fuzz/` (see docs/reliability.md).
 //!
 //! ```sh
 //! cargo run --release --features serde --example fuzz_seeds -- fuzz/seeds
 //! ```
-//! writes `plan_per_tensor.json`, `plan_per_channel.json`, `per_tensor.fixqpack` and
-//! `per_channel.fixqpack` into the given folder.
+//! writes `plan_per_tensor.json`, `plan_per_channel.json`, `per_tensor.fixqpack`,
+//! `per_channel.fixqpack`, `per_tensor.fixq` and `per_channel.fixq` into the given folder.
 
 use fixq::eval::Dataset;
 use fixq::exec::{FixedNetwork, FloatExecutor};
 use fixq::plan::{self, Granularity, PlanConfig};
-use fixq::{Budget, Graph, Grid, pack};
+use fixq::{Budget, Graph, Grid, QuantizeOptions, pack, quantize};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::env::args().nth(1).ok_or("usage: fuzz_seeds OUT_DIR")?;
@@ -34,6 +34,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(format!("{out}/plan_{name}.json"), p.to_json()?)?;
         let net = FixedNetwork::new(&graph, &p)?;
         pack::write(format!("{out}/{name}.fixqpack"), net.weights())?;
+    }
+    for (name, options) in [
+        ("per_tensor", QuantizeOptions::per_tensor()),
+        ("per_channel", QuantizeOptions::default()),
+    ] {
+        let options = QuantizeOptions {
+            probe_images: 50,
+            operating_point_rounds: 1,
+            ..options
+        };
+        let images = calib.images.view().into_dyn();
+        let model = quantize(&graph, images, Budget::AvgBitsPerParam(4.0), &options)?;
+        model.save(format!("{out}/{name}.fixq"))?;
     }
     println!("wrote seeds to {out}");
     Ok(())

@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 secs=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(onnx graph_run safetensors npy idx plan_json pack)
+[ ${#targets[@]} -gt 0 ] || targets=(onnx graph_run safetensors npy idx plan_json pack model_file)
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t" logs
   RUSTC_BOOTSTRAP=1 nice -n 19 taskset -c 1 cargo fuzz run -O "$t" "corpus/$t" -- \

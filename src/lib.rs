@@ -28,6 +28,7 @@
 //!   real data, and bit-packed weight files.
 //! * [`io`] — IDX, `.npy` and `.safetensors` readers.
 //! * [`quantize()`] — the one-call facade: graph + calibration images + budget → [`QuantizedModel`].
+//! * [`model_file`] — the self-contained `.fixq` file: [`QuantizedModel::save`] / [`QuantizedModel::load`].
 //!
 //! # Features
 //! * `onnx` (default) — ONNX import, with a hand-written protobuf reader (no `protoc`).
@@ -53,6 +54,7 @@ pub mod fixed;
 pub mod graph;
 pub mod io;
 pub mod kernels;
+pub mod model_file;
 #[cfg(feature = "onnx")]
 mod onnx;
 pub mod pack;

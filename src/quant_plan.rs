@@ -49,10 +49,9 @@ impl WeightPlan {
         })
     }
 
-    /// Checks what [`plan`](crate::plan::plan) guarantees and JSON cannot: one width per format, widths in 1..=16, one
-    /// format per tensor or one per output channel.
-    #[cfg(feature = "serde")]
-    fn validate(&self) -> Result<()> {
+    /// Checks what [`plan`](crate::plan::plan) guarantees and a file cannot (JSON, the model file): one
+    /// width per format, widths in 1..=16, one format per tensor or one per output channel.
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |reason: String| Error::InvalidArgument {
             name: "plan",
             reason: format!("weight plan of node '{}': {reason}", self.node),

@@ -12,6 +12,9 @@
 //! 4. the fixed-point network ([`FixedNetwork`]) and its report: each tensor's width, format and
 //!    predicted SQNR beside the SQNR measured on the probe images.
 //!
+//! The result saves to a self-contained `.fixq` file and loads back bit-exact
+//! ([`QuantizedModel::save`], [`QuantizedModel::load`], module [`crate::model_file`]).
+//!
 //! The expert API stays underneath: every step is a public function of [`crate::calib`],
 //! [`crate::plan`] and [`crate::exec`].
 //!
@@ -147,9 +150,14 @@ pub enum Stage {
     Measuring,
 }
 
-/// A quantized model: the plan, the integer network that runs it, and its report.
+/// A quantized model: the plan, the integer network that runs it, and its report. It saves to and
+/// loads from a self-contained `.fixq` file ([`QuantizedModel::save`], [`QuantizedModel::load`];
+/// layout in `docs/format.md`).
 #[derive(Debug, Clone)]
 pub struct QuantizedModel {
+    /// The graph the network was built from: its topology, biases and other constants go into the
+    /// model file (its weights go as the network's codes).
+    graph: Graph,
     plan: QuantPlan,
     network: FixedNetwork,
     report: Report,
@@ -261,6 +269,7 @@ pub fn quantize_with_progress(
     let network = FixedNetwork::new(graph, &plan)?;
     let report = measure(graph, &plan, &network, probe)?;
     Ok(QuantizedModel {
+        graph: graph.clone(),
         plan,
         network,
         report,
@@ -268,6 +277,25 @@ pub fn quantize_with_progress(
 }
 
 impl QuantizedModel {
+    /// A model from its parts (the model file's reader); `network` must have been built from
+    /// `graph` and `plan`.
+    pub(crate) fn from_parts(
+        graph: Graph,
+        plan: QuantPlan,
+        network: FixedNetwork,
+        report: Report,
+    ) -> Self {
+        Self {
+            graph,
+            plan,
+            network,
+            report,
+        }
+    }
+    /// The graph the network was built from.
+    pub(crate) fn graph(&self) -> &Graph {
+        &self.graph
+    }
     /// Runs the integer network on a float batch: quantize, integer kernels, dequantize.
     ///
     /// # Errors

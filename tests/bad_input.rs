@@ -635,3 +635,69 @@ fn nan_in_sqnr_inputs_is_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn corrupt_or_truncated_model_file_is_malformed() {
+    use fixq::graph::{Node, Op, TensorInfo};
+    use fixq::{QuantizeOptions, QuantizedModel};
+    let w = Array2::from_shape_fn((4, 8), |(o, i)| ((o * 8 + i) as f32 * 0.37).sin()).into_dyn();
+    let input = TensorInfo {
+        name: "x".into(),
+        shape: vec![None, Some(8)],
+    };
+    let fc = Node {
+        name: "fc".into(),
+        op: Op::MatMul,
+        inputs: vec!["x".into(), "w".into()],
+        output: "y".into(),
+    };
+    let w = w
+        .permuted_axes(vec![1, 0])
+        .as_standard_layout()
+        .into_owned();
+    let graph = Graph::new(input, "y", vec![fc], vec![("w".into(), w)]).unwrap();
+    let images =
+        Array2::from_shape_fn((16, 8), |(n, i)| ((n * 8 + i) as f32 * 0.9).cos()).into_dyn();
+    let model = fixq::quantize(
+        &graph,
+        images.view(),
+        Budget::AvgBitsPerParam(4.0),
+        &QuantizeOptions::default(),
+    )
+    .unwrap();
+    let bytes = model.to_bytes().unwrap();
+    let n = bytes.len();
+    let mut bad = bytes.clone();
+    bad[40] ^= 0xff;
+    match row("corrupt model file", QuantizedModel::from_bytes(&bad)) {
+        Error::Malformed {
+            format,
+            offset,
+            reason,
+        } => {
+            assert_eq!(format, "fixq model file");
+            assert_eq!(offset as usize, n - 4);
+            assert!(
+                reason.starts_with("checksum mismatch: the file stores CRC-32 0x"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match row(
+        "truncated model file",
+        QuantizedModel::from_bytes(&bytes[..n - 1]),
+    ) {
+        Error::Malformed { offset, reason, .. } => {
+            assert_eq!(offset as usize, n - 1);
+            assert_eq!(
+                reason,
+                format!(
+                    "truncated: the header declares {n} bytes, the file has {}",
+                    n - 1
+                )
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
