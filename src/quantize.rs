@@ -150,6 +150,7 @@ pub enum Stage {
 /// A quantized model: the plan, the integer network that runs it, and its report.
 #[derive(Debug, Clone)]
 pub struct QuantizedModel {
+    graph: Graph,
     plan: QuantPlan,
     network: FixedNetwork,
     report: Report,
@@ -261,6 +262,7 @@ pub fn quantize_with_progress(
     let network = FixedNetwork::new(graph, &plan)?;
     let report = measure(graph, &plan, &network, probe)?;
     Ok(QuantizedModel {
+        graph: graph.clone(),
         plan,
         network,
         report,
@@ -274,6 +276,10 @@ impl QuantizedModel {
     /// As [`FixedNetwork::run`].
     pub fn run(&self, input: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         self.network.run(input)
+    }
+    /// The float graph the model was quantized from (its topology and float weights).
+    pub fn graph(&self) -> &Graph {
+        &self.graph
     }
     /// The plan: every tensor's format and the predicted figures.
     pub fn plan(&self) -> &QuantPlan {

@@ -26,6 +26,7 @@ const LAYERS: &[&str] = &[
     "plan",
     "eval",
     "quantize",
+    "export",
     "testing",
 ];
 
