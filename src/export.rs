@@ -413,19 +413,25 @@ impl Exporter<'_> {
         // right (s > 0), codes 2w at half the weight step and bias 2b + 1 put the accumulator half a
         // step up, which breaks exactly the ties (docs/export.md, Eq. 5). Only where the doubled
         // codes still fit the container chosen above.
-        let bias_codes: Vec<i64> = bias.codes().iter().map(|&b| i64::from(b)).collect();
-        let mut bias_out = bias_codes.clone();
-        for o in 0..channels {
-            let shift = in_fmt.frac_bits() + frac[o] - out_fmt.frac_bits();
-            let lane = &mut eff[o * per..(o + 1) * per];
-            let fits = lane.iter().all(|&c| (wlo..=whi).contains(&(2 * c)));
-            let b2 = 2 * bias_codes[o] + 1;
-            if shift > 0 && fits && i32::try_from(b2).is_ok() {
-                lane.iter_mut().for_each(|c| *c *= 2);
-                frac[o] += 1;
-                bias_out[o] = b2;
+        // MatMul has no bias input to carry the half step. A Conv or Gemm without one gets one.
+        let mut bias_out: Vec<i64> = bias.codes().iter().map(|&b| i64::from(b)).collect();
+        if node.op != Op::MatMul {
+            for ((lane, n), b) in eff
+                .chunks_mut(per.max(1))
+                .zip(frac.iter_mut())
+                .zip(bias_out.iter_mut())
+            {
+                let shift = in_fmt.frac_bits() + *n - out_fmt.frac_bits();
+                let fits = lane.iter().all(|&c| (wlo..=whi).contains(&(2 * c)));
+                let b2 = 2 * *b + 1;
+                if shift > 0 && fits && i32::try_from(b2).is_ok() {
+                    lane.iter_mut().for_each(|c| *c *= 2);
+                    *n += 1;
+                    *b = b2;
+                }
             }
         }
+        let needs_bias = node.inputs.len() > 2 || bias_out.iter().any(|&b| b != 0);
         let uniform = frac.windows(2).all(|p| p[0] == p[1]);
         let (mut dims, mut data, mut axis) = (
             shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
@@ -489,8 +495,13 @@ impl Exporter<'_> {
             attrs,
         );
         let mut inputs = vec![x, wdq];
-        if node.inputs.len() > 2 {
-            let b_name = &node.inputs[2];
+        if needs_bias {
+            let b_name = node
+                .inputs
+                .get(2)
+                .cloned()
+                .unwrap_or_else(|| format!("{}_bias", node.name));
+            let b_name = &b_name;
             let bias_scales: Vec<f32> = if uniform {
                 vec![pow2_f32(in_fmt.frac_bits() + frac[0])]
             } else {
@@ -780,7 +791,14 @@ mod tests {
         let m = export(model.graph(), model.network()).unwrap();
         // 16-bit output: INT16 QDQ needs opset 21 (IR 10).
         assert_eq!((m.opset, m.ir_version), (21, 10));
-        let ops: Vec<&str> = m.graph.nodes.iter().map(|n| n.op_type.as_str()).collect();
+        // (fc2 has no bias; the export adds one only where it carries the half step, Eq. 5.)
+        let ops: Vec<&str> = m
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| n.name != "fc2_bias_DequantizeLinear")
+            .map(|n| n.op_type.as_str())
+            .collect();
         assert_eq!(
             ops,
             [

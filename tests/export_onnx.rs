@@ -69,11 +69,25 @@ fn digits_cnn_default_method_runs_in_onnxruntime_as_in_fixq() {
         &QuantizeOptions::default(),
     )
     .unwrap();
+    // Measured: optimized 448/450, max 1312 LSB (4489 of 4500 logits differ); reference 450/450, max
+    // 81 LSB (513 differ). The 16-bit output's LSB is 2^8 times finer than an 8-bit step, so one tie
+    // upstream moves a logit by tens of LSBs.
+    let bounds = [
+        Bound {
+            argmax_at_least: 445,
+            max_lsb: 2048.0,
+        },
+        Bound {
+            argmax_at_least: 450,
+            max_lsb: 128.0,
+        },
+    ];
     check(
         &model,
         test.images.view().into_dyn(),
         "digits_default",
         "[21]",
+        bounds,
     );
 }
 

@@ -39,7 +39,7 @@ impl Writer {
     }
 
     fn key(&mut self, field: u32, wire_type: u32) {
-        debug_assert!(field >= 1 && field <= u32::MAX >> 3);
+        debug_assert!((1..=u32::MAX >> 3).contains(&field));
         self.varint(u64::from(field) << 3 | u64::from(wire_type));
     }
 
