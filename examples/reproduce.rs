@@ -29,8 +29,15 @@
 //! Checked, ResNet-8 (calibration on test images 0..500, measured on 500..10000, as
 //! `../shared/data/cifar10/README.md` asks): float accuracy, and 8-bit weights per channel and per
 //! tensor against float.
+//!
+//! Checked, the QDQ export (`QuantizedModel::to_onnx_qdq`, `docs/export.md`): LeNet-5 quantized by
+//! fixq's default method at 4 bits per weight, exported and run in onnxruntime through
+//! `scripts/run_qdq_onnx.py` (needs `python3 -m pip install -r scripts/requirements.txt`) on the
+//! first 1,000 test images: top-1 agreement with fixq; the largest logit difference is printed.
 
 mod common;
+#[path = "../tests/qdq_ort/mod.rs"]
+mod qdq_ort;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -499,7 +506,39 @@ fn lenet(data: &Path, checks: &mut Checks) -> Res<()> {
     );
 
     lenet_determinism(&graph, &test, &calib, checks)?;
+    lenet_qdq(&graph, &test, &calib, checks)?;
     println!("\n(LeNet-5: {:.0} s)\n", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The QDQ export of fixq's default method at 4 bits per weight, run in onnxruntime (with and without
+/// its graph optimizations) on the first 1,000 test images, against `QuantizedModel::run`.
+fn lenet_qdq(graph: &Graph, test: &Dataset, calib: &Dataset, checks: &mut Checks) -> Res<()> {
+    let model = fixq::quantize(
+        graph,
+        calib.images.view().into_dyn(),
+        Budget::AvgBitsPerParam(4.0),
+        &fixq::QuantizeOptions::default(),
+    )?;
+    let n = test.len().min(1000);
+    let x = test.images.slice_axis(Axis(0), (0..n).into());
+    let r = qdq_ort::run(&model, x.into_dyn(), "lenet5");
+    println!(
+        "\n## LeNet-5 QDQ export in onnxruntime (fixq default method, 4 bits per weight, {n} images)\n\n\
+         {} bytes, opset {}\n\n| session | agreement |\n|---|---|\n| optimized | {} |\n| reference | {} |",
+        r.model_bytes, r.opset, r.optimized, r.reference
+    );
+    for (name, a, min) in [
+        ("optimized", &r.optimized, 98.0),
+        ("no graph optimizations", &r.reference, 99.0),
+    ] {
+        checks.at_least(
+            format!("LeNet-5 QDQ export in onnxruntime ({name}): top-1 agreement with fixq"),
+            pct(a.argmax_equal as f64 / a.images as f64),
+            min,
+            " %",
+        );
+    }
     Ok(())
 }
 

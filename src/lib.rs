@@ -29,9 +29,12 @@
 //! * [`io`] — IDX, `.npy` and `.safetensors` readers.
 //! * [`quantize()`] — the one-call facade: graph + calibration images + budget → [`QuantizedModel`].
 //! * [`model_file`] — the self-contained `.fixq` file: [`QuantizedModel::save`] / [`QuantizedModel::load`].
+//! * `export` — `QuantizedModel::to_onnx_qdq` (feature `onnx`): the quantized model as a standard
+//!   QDQ ONNX model for onnxruntime and other runtimes (`docs/export.md`).
 //!
 //! # Features
-//! * `onnx` (default) — ONNX import, with a hand-written protobuf reader (no `protoc`).
+//! * `onnx` (default) — ONNX import and QDQ export, with a hand-written protobuf reader and writer (no
+//!   `protoc`).
 //! * `gzip` (default) — gzip-compressed IDX files.
 //! * `serde` — JSON for plans and formats.
 //! * `rayon` — multi-threaded kernels.
@@ -50,6 +53,8 @@ pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod exec;
+#[cfg(feature = "onnx")]
+mod export;
 pub mod fixed;
 pub mod graph;
 pub mod io;
@@ -78,6 +83,8 @@ pub use alloc::{
 pub use dist::{Fit, FitAccumulator};
 pub use error::{Error, Result};
 pub use exec::FloatExecutor;
+#[cfg(feature = "onnx")]
+pub use export::{QDQ_BASE_OPSET, QDQ_WIDE_OPSET};
 pub use fixed::{Grid, QFormat, QTensor, Quantizer, Rounding, Storage};
 pub use graph::Graph;
 pub use quantize::{QuantizeOptions, QuantizedModel, Report, quantize, quantize_with_progress};

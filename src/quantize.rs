@@ -292,16 +292,17 @@ impl QuantizedModel {
             report,
         }
     }
-    /// The graph the network was built from.
-    pub(crate) fn graph(&self) -> &Graph {
-        &self.graph
-    }
     /// Runs the integer network on a float batch: quantize, integer kernels, dequantize.
     ///
     /// # Errors
     /// As [`FixedNetwork::run`].
     pub fn run(&self, input: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         self.network.run(input)
+    }
+    /// The float graph the model was quantized from: its topology and float weights (in a model
+    /// loaded from a `.fixq` file, the weights are the dequantized codes).
+    pub fn graph(&self) -> &Graph {
+        &self.graph
     }
     /// The plan: every tensor's format and the predicted figures.
     pub fn plan(&self) -> &QuantPlan {

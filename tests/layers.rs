@@ -27,6 +27,7 @@ const LAYERS: &[&str] = &[
     "eval",
     "quantize",
     "model_file",
+    "export",
     "testing",
 ];
 

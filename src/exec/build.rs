@@ -23,6 +23,8 @@ pub(crate) struct Step {
     /// The tensor this step produces (for observers), and whether it is an activation point.
     pub output: String,
     pub observed: bool,
+    /// The format of the codes it produces.
+    pub format: QFormat,
 }
 
 /// The weight codes of every weighted layer: `given` (checked against the graph), or quantized here
@@ -208,6 +210,7 @@ pub(crate) fn lower_all(src: &Sources<'_>) -> Result<Vec<Step>> {
             inputs,
             output: node.output.clone(),
             observed: lowered.observed,
+            format: lowered.format,
         });
     }
     Ok(steps)

@@ -126,6 +126,20 @@ impl FixedNetwork {
         self.input_format
     }
 
+    /// The format in which the network holds tensor `name`: the graph input, or a node's output (the
+    /// output of a Conv/Gemm/MatMul with a fused Relu/Clip holds the activation's codes and format).
+    /// `None` for a name the network computes nothing for (a weight, an unknown name).
+    pub fn tensor_format(&self, name: &str) -> Option<QFormat> {
+        if name == self.input_name {
+            return Some(self.input_format);
+        }
+        self.steps
+            .iter()
+            .rev()
+            .find(|s| s.output == name)
+            .map(|s| s.format)
+    }
+
     /// The weight codes (for packing: [`crate::pack`]).
     pub fn weights(&self) -> &[WeightCodes] {
         &self.weights

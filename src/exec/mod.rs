@@ -13,3 +13,4 @@ mod ops;
 
 pub use fixed::FixedNetwork;
 pub use float::{FloatExecutor, Gradients, Tape};
+pub(crate) use ops::{clip_code, quantize_bias};

@@ -1,6 +1,8 @@
 //! ONNX import: a hand-written protocol-buffer reader and the mapping from ONNX nodes to [`Op`]s.
 //!
-//! Entry points are [`Graph::from_onnx_file`] and [`Graph::from_onnx_bytes`]. Supported operators,
+//! Entry points are [`Graph::from_onnx_file`] and [`Graph::from_onnx_bytes`]. The writing half
+//! (`write`: wire format, `encode`: the messages) serves the QDQ export of a quantized model
+//! (`QuantizedModel::to_onnx_qdq`, `docs/export.md`). Supported operators,
 //! attributes and the BatchNormalization folding rule are listed in `docs/onnx.md`.
 //!
 //! Import resolves every shape-like input (Reshape's shape, Slice's starts/ends/axes/steps, Pad's
@@ -8,8 +10,10 @@
 //! BatchNormalization into the Conv or Gemm before it, turns Dropout into Identity, and drops
 //! initializers that no remaining node reads.
 
+pub(crate) mod encode;
 mod proto;
 mod wire;
+mod write;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -247,8 +247,9 @@ impl OpFamily for Weighted {
     }
 }
 
-/// Bias codes at each output channel's accumulator format (n_x + n_w(o) fractional bits).
-fn quantize_bias(
+/// Bias codes at each output channel's accumulator format (n_x + n_w(o) fractional bits): what the
+/// layer adds to its accumulator (the ONNX export writes the same codes).
+pub(crate) fn quantize_bias(
     bias: &[f32],
     w: &WeightCodes,
     in_fmt: QFormat,
