@@ -26,7 +26,7 @@ pub struct Preprocess {
     #[arg(long, value_enum, default_value_t = Layout::Nchw)]
     pub layout: Layout,
     /// Divide raw values by this (255 maps 8-bit pixels to 0..1; the digits CNN takes 16) [default: 1].
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
     pub scale: Option<f32>,
     /// Subtract per channel after scaling: one value, or one per channel (comma-separated).
     #[arg(
@@ -80,7 +80,9 @@ pub struct Source<'a> {
     pub labels: Option<&'a Path>,
     /// Whether labels are wanted (then an IDX file's sibling labels file is found by name).
     pub want_labels: bool,
-    /// Keep only the first N images.
+    /// Leave out the first N images (before `limit`).
+    pub skip: usize,
+    /// Keep only the first N images (after `skip`).
     pub limit: Option<usize>,
     /// Channels the model takes, if known (image folders decode to it: 1 gray, 3 RGB).
     pub channels: Option<usize>,
@@ -131,13 +133,14 @@ pub fn load(src: &Source<'_>, pre: &Preprocess, default_scale: f32) -> CliResult
                 "an image folder takes its labels from its class subfolders",
             ));
         }
-        let (raw, labels, classes) = read_folder(src.path, src.channels, src.limit, &what)?;
+        let (raw, labels, classes) =
+            read_folder(src.path, src.channels, src.skip, src.limit, &what)?;
         (raw, Some(labels), classes)
     } else {
         let raw = if is_npy(src.path) {
-            read_npy(src.path, pre.layout, src.limit, &what)?
+            read_npy(src.path, pre.layout, src.skip, src.limit, &what)?
         } else {
-            read_idx(src.path, src.limit, &what)?
+            read_idx(src.path, src.skip, src.limit, &what)?
         };
         let labels = if src.want_labels || src.labels.is_some() {
             read_labels_for(src, raw.total)?
@@ -146,7 +149,20 @@ pub fn load(src: &Source<'_>, pre: &Preprocess, default_scale: f32) -> CliResult
         };
         (raw, labels, Vec::new())
     };
-    let labels = labels.map(|l| l.into_iter().take(raw.values.len_of(Axis(0))).collect());
+    let n = raw.values.len_of(Axis(0));
+    if n == 0 {
+        let why = if raw.total == 0 {
+            "no images".to_string()
+        } else {
+            format!("no images left after --skip {} of {}", src.skip, raw.total)
+        };
+        return Err(CliError::input(&what, why));
+    }
+    // Folder labels are already selected; file labels cover the whole file.
+    let labels = labels.map(|l| {
+        let skip = if src.path.is_dir() { 0 } else { src.skip };
+        l.into_iter().skip(skip).take(n).collect()
+    });
     let images = normalise(raw.values, scale, &pre.mean, &pre.std)?;
     Ok(Data {
         images,
@@ -166,10 +182,10 @@ fn is_npy(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
 }
 
-fn read_idx(path: &Path, limit: Option<usize>, what: &str) -> CliResult<Raw> {
+fn read_idx(path: &Path, skip: usize, limit: Option<usize>, what: &str) -> CliResult<Raw> {
     let a = idx::read(path).map_err(|e| CliError::from_lib(what, e))?;
     let total = a.shape().first().copied().unwrap_or(0);
-    let a = limited(a, limit);
+    let a = selected(a, skip, limit);
     let values = match a.ndim() {
         // [N, H, W] images: one channel.
         3 => a.insert_axis(Axis(1)),
@@ -190,13 +206,19 @@ fn read_idx(path: &Path, limit: Option<usize>, what: &str) -> CliResult<Raw> {
     })
 }
 
-fn read_npy(path: &Path, layout: Layout, limit: Option<usize>, what: &str) -> CliResult<Raw> {
+fn read_npy(
+    path: &Path,
+    layout: Layout,
+    skip: usize,
+    limit: Option<usize>,
+    what: &str,
+) -> CliResult<Raw> {
     let array = npy::read(path).map_err(|e| CliError::from_lib(what, e))?;
     // The count before the limit is what a labels file must match.
     let total = array.shape().first().copied().unwrap_or(0);
     let a = match array {
-        npy::NpyArray::U8(a) => limited(a, limit).mapv(f32::from),
-        npy::NpyArray::F32(a) => limited(a, limit),
+        npy::NpyArray::U8(a) => selected(a, skip, limit).mapv(f32::from),
+        npy::NpyArray::F32(a) => selected(a, skip, limit),
         other => {
             return Err(CliError::input(
                 what,
@@ -224,19 +246,20 @@ fn read_npy(path: &Path, layout: Layout, limit: Option<usize>, what: &str) -> Cl
             ));
         }
     };
-    if values.shape().first().copied().unwrap_or(0) == 0 {
-        return Err(CliError::input(what, "no images"));
-    }
     Ok(Raw { values, total })
 }
 
-/// The first `limit` entries along axis 0.
-fn limited<T: Clone>(a: ArrayD<T>, limit: Option<usize>) -> ArrayD<T> {
-    match limit {
-        Some(n) if a.ndim() > 0 && n < a.shape()[0] => {
-            a.slice_axis(Axis(0), Slice::from(0..n)).to_owned()
-        }
-        _ => a,
+/// Entries `skip..skip + limit` along axis 0 (possibly none).
+fn selected<T: Clone>(a: ArrayD<T>, skip: usize, limit: Option<usize>) -> ArrayD<T> {
+    let Some(&len) = a.shape().first() else {
+        return a;
+    };
+    let start = skip.min(len);
+    let end = limit.map_or(len, |n| start.saturating_add(n).min(len));
+    if (start, end) == (0, len) {
+        a
+    } else {
+        a.slice_axis(Axis(0), Slice::from(start..end)).to_owned()
     }
 }
 
@@ -302,6 +325,7 @@ fn sibling_labels(images: &Path) -> Option<PathBuf> {
 fn read_folder(
     dir: &Path,
     channels: Option<usize>,
+    skip: usize,
     limit: Option<usize>,
     what: &str,
 ) -> CliResult<(Raw, Vec<u8>, Vec<String>)> {
@@ -355,7 +379,14 @@ fn read_folder(
         files.extend(images.into_iter().map(|p| (p, label)));
     }
     let total = files.len();
+    files.drain(..skip.min(total));
     files.truncate(limit.unwrap_or(usize::MAX));
+    if files.is_empty() {
+        return Err(CliError::input(
+            what,
+            format!("no images left after --skip {skip} of {total}"),
+        ));
+    }
     let mut decoded = Vec::with_capacity(files.len());
     for (p, _) in &files {
         let img =
@@ -452,4 +483,116 @@ fn normalise(mut x: ArrayD<f32>, scale: f32, mean: &[f32], std: &[f32]) -> CliRe
         lane.mapv_inplace(|v| (v / scale - m) / s);
     }
     Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(test: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("fixq-cli-data-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn pre(layout: Layout) -> Preprocess {
+        Preprocess {
+            layout,
+            scale: None,
+            mean: vec![],
+            std: vec![],
+        }
+    }
+
+    fn source(path: &Path) -> Source<'_> {
+        Source {
+            flag: "--data",
+            path,
+            labels: None,
+            want_labels: false,
+            skip: 0,
+            limit: None,
+            channels: None,
+        }
+    }
+
+    /// `[N, H, W, C]` = `[2, 2, 3, 3]` with value n·100 + h·10 + w + c/10.
+    fn nhwc() -> ArrayD<f32> {
+        ArrayD::from_shape_fn(IxDyn(&[2, 2, 3, 3]), |i| {
+            (i[0] * 100 + i[1] * 10 + i[2]) as f32 + i[3] as f32 / 10.0
+        })
+    }
+
+    #[test]
+    fn nhwc_npy_is_transposed_to_nchw_and_normalised_per_channel() {
+        let d = scratch("nhwc");
+        let p = d.join("x.npy");
+        fixq::io::write_atomic(&p, &crate::output::npy_bytes(&nhwc())).unwrap();
+        let x = load(&source(&p), &pre(Layout::Nhwc), 1.0).unwrap().images;
+        assert_eq!(x.shape(), &[2, 3, 2, 3]);
+        let raw = nhwc();
+        for n in 0..2 {
+            for c in 0..3 {
+                for h in 0..2 {
+                    for w in 0..3 {
+                        assert_eq!(x[[n, c, h, w]], raw[[n, h, w, c]]);
+                    }
+                }
+            }
+        }
+        // Per-channel mean and std after the scale; --limit keeps the first images.
+        let mut pp = pre(Layout::Nhwc);
+        pp.scale = Some(2.0);
+        pp.mean = vec![1.0, 2.0, 3.0];
+        pp.std = vec![1.0, 0.5, 0.25];
+        let mut src = source(&p);
+        src.limit = Some(1);
+        let y = load(&src, &pp, 1.0).unwrap().images;
+        assert_eq!(y.shape(), &[1, 3, 2, 3]);
+        for c in 0..3 {
+            let expected = (raw[[0, 1, 2, c]] / 2.0 - pp.mean[c]) / pp.std[c];
+            assert_eq!(y[[0, c, 1, 2]], expected);
+        }
+        // The same array read as NCHW keeps its shape.
+        let z = load(&source(&p), &pre(Layout::Nchw), 1.0).unwrap().images;
+        assert_eq!(z.shape(), &[2, 2, 3, 3]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_rgb_folder_decodes_to_three_channels_with_sorted_class_labels() {
+        let d = scratch("rgb");
+        for (class, files) in [("b_cat", 2u8), ("a_dog", 1)] {
+            std::fs::create_dir_all(d.join(class)).unwrap();
+            for k in 0..files {
+                let img = image::RgbImage::from_fn(4, 2, |x, y| {
+                    image::Rgb([k * 10 + x as u8, y as u8 * 50, 200])
+                });
+                let ext = if k == 0 { "png" } else { "PNG" };
+                img.save_with_format(
+                    d.join(class).join(format!("{k}.{ext}")),
+                    image::ImageFormat::Png,
+                )
+                .unwrap();
+            }
+        }
+        let data = load(&source(&d), &pre(Layout::Nchw), 1.0).unwrap();
+        assert_eq!(data.images.shape(), &[3, 3, 2, 4]);
+        // Classes in name order: a_dog = 0, b_cat = 1.
+        assert_eq!(data.classes, vec!["a_dog", "b_cat"]);
+        assert_eq!(data.labels, Some(vec![0, 1, 1]));
+        // Image 2 is b_cat/1.PNG: red = 10 + x, green = 50 y, blue = 200.
+        assert_eq!(data.images[[2, 0, 1, 3]], 13.0);
+        assert_eq!(data.images[[2, 1, 1, 3]], 50.0);
+        assert_eq!(data.images[[2, 2, 0, 0]], 200.0);
+        // A model that takes one channel gets gray images.
+        let mut src = source(&d);
+        src.channels = Some(1);
+        assert_eq!(
+            load(&src, &pre(Layout::Nchw), 1.0).unwrap().images.shape(),
+            &[3, 1, 2, 4]
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -48,8 +48,12 @@ struct QuantizeArgs {
     /// Calibrate on the first N images only.
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
+    /// Leave out the first N images (then --limit counts from there).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    skip: usize,
+
     /// Average weight bits per parameter.
-    #[arg(long, value_name = "BITS")]
+    #[arg(long, value_name = "BITS", allow_negative_numbers = true)]
     budget: f64,
     /// Per-channel mid-rise weights in 1..=7 bits (the default).
     #[arg(long, conflicts_with = "per_tensor")]
@@ -127,6 +131,7 @@ fn quantize(a: &QuantizeArgs) -> CliResult<()> {
             path: &a.calib,
             labels: None,
             want_labels: false,
+            skip: a.skip,
             limit: a.limit,
             channels: data::input_channels(&graph),
         },

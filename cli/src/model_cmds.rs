@@ -46,6 +46,10 @@ pub struct EvalArgs {
     /// Use the first N images only.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Leave out the first N images (then --limit counts from there).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub skip: usize,
+
     /// Images per batch.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH)]
     pub batch: usize,
@@ -64,6 +68,10 @@ pub struct RunArgs {
     /// Use the first N images only.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Leave out the first N images (then --limit counts from there).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub skip: usize,
+
     /// Images per batch.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH)]
     pub batch: usize,
@@ -88,6 +96,7 @@ fn load_data(
     path: &Path,
     labels: Option<&Path>,
     want_labels: bool,
+    skip: usize,
     limit: Option<usize>,
     pre: &Preprocess,
     channels: Option<usize>,
@@ -98,6 +107,7 @@ fn load_data(
             path,
             labels,
             want_labels,
+            skip,
             limit,
             channels,
         },
@@ -153,7 +163,7 @@ pub fn eval(a: &EvalArgs) -> CliResult<()> {
         .map(|p| crate::load_graph("--float", p))
         .transpose()?;
     let channels = float.as_ref().and_then(data::input_channels);
-    let d = load_data(&a.data, a.labels.as_deref(), true, a.limit, &a.pre, channels)?;
+    let d = load_data(&a.data, a.labels.as_deref(), true, a.skip, a.limit, &a.pre, channels)?;
     let labels = d.require_labels("--data", &a.data)?;
     let what = format!("--data {}", a.data.display());
     let n = d.len();
@@ -197,7 +207,7 @@ pub fn eval(a: &EvalArgs) -> CliResult<()> {
 pub fn run(a: &RunArgs) -> CliResult<()> {
     output::check_writable("-o", &a.output, a.force)?;
     let model = load_model("MODEL", &a.model)?;
-    let d = load_data(&a.data, None, false, a.limit, &a.pre, None)?;
+    let d = load_data(&a.data, None, false, a.skip, a.limit, &a.pre, None)?;
     let what = format!("--data {}", a.data.display());
     let (out, seconds) = run_batches(&d.images, a.batch, &what, |b| model.run(b))?;
     output::write("-o", &a.output, &output::npy_bytes(&out), a.force)?;

@@ -41,6 +41,10 @@ pub struct SweepArgs {
     /// Score on the first N images of --data only.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Leave out the first N images of --data (then --limit counts from there).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub skip: usize,
+
     /// Calibrate on the first N calibration images [default: all of --calib, or 500 of --data].
     #[arg(long, value_name = "N")]
     pub calib_limit: Option<usize>,
@@ -69,7 +73,6 @@ pub struct SweepArgs {
 /// One measured plan.
 struct Row {
     method: &'static str,
-    budget: f64,
     e: Evaluation,
 }
 
@@ -77,8 +80,8 @@ struct Row {
 const METHODS: [(&str, RGBColor); 4] = [
     ("equal", RED),
     ("paper", BLUE),
-    ("fixq per-tensor", GREEN),
-    ("fixq per-channel", MAGENTA),
+    ("fixq", GREEN),
+    ("fixq-pc", MAGENTA),
 ];
 
 /// Images the float reference keeps per activation point for the per-tensor measurements.
@@ -89,6 +92,18 @@ const BATCH: usize = 500;
 /// Runs the sweep.
 pub fn run(args: &SweepArgs) -> CliResult<()> {
     output::check_writable("--plot", &args.plot, args.force)?;
+    if let Some(b) = args.budgets.iter().find(|b| !(b.is_finite() && **b > 0.0)) {
+        return Err(CliError::input(
+            format!("--budgets {b}"),
+            "every budget must be a positive number of bits per weight",
+        ));
+    }
+    if let Some(b) = args.equal_bits.iter().find(|b| !(1..=16).contains(*b)) {
+        return Err(CliError::input(
+            format!("--equal-bits {b}"),
+            "every width must be in 1..=16",
+        ));
+    }
     let shipped = args.model.is_none();
     if shipped && (args.data.is_some() || args.calib.is_some() || args.labels.is_some()) {
         return Err(CliError::input(
@@ -120,6 +135,7 @@ pub fn run(args: &SweepArgs) -> CliResult<()> {
             path: &test_path,
             labels: args.labels.as_deref(),
             want_labels: true,
+            skip: args.skip,
             limit: args.limit,
             channels,
         },
@@ -135,6 +151,7 @@ pub fn run(args: &SweepArgs) -> CliResult<()> {
                     path: p,
                     labels: None,
                     want_labels: false,
+                    skip: 0,
                     limit: args.calib_limit,
                     channels,
                 },
@@ -210,8 +227,8 @@ pub fn run(args: &SweepArgs) -> CliResult<()> {
         configs.push(("paper", b, PlanConfig::paper(Budget::AvgBitsPerParam(b))));
     }
     for (name, opts) in [
-        ("fixq per-tensor", QuantizeOptions::per_tensor()),
-        ("fixq per-channel", QuantizeOptions::default()),
+        ("fixq", QuantizeOptions::per_tensor()),
+        ("fixq-pc", QuantizeOptions::default()),
     ] {
         for &b in &args.budgets {
             let cfg = opts
@@ -251,11 +268,11 @@ pub fn run(args: &SweepArgs) -> CliResult<()> {
             continue;
         }
         let e = eval::evaluate(&graph, &p, &test, &reference, BATCH).map_err(data_err)?;
-        rows.push(Row { method, budget, e });
+        rows.push(Row { method, e });
     }
     pb.finish_and_clear();
 
-    print_table(&rows, reference.accuracy, graph.parameter_count());
+    print_table(&rows, reference.accuracy);
     let svg = plot(&rows, reference.accuracy)
         .map_err(|e| CliError::failure(format!("--plot {}", args.plot.display()), e))?;
     output::write("--plot", &args.plot, svg.as_bytes(), args.force)?;
@@ -263,23 +280,18 @@ pub fn run(args: &SweepArgs) -> CliResult<()> {
     Ok(())
 }
 
-fn print_table(rows: &[Row], float_accuracy: f64, params: usize) {
+fn print_table(rows: &[Row], float_accuracy: f64) {
+    println!("float accuracy {:.2} %\n", 100.0 * float_accuracy);
     println!(
-        "\n| method | budget | weight bits / param | weight kbit | accuracy % | predicted dB | operating point dB | measured dB |"
+        "| method | bits/weight | weight Mbit | accuracy % | Eq. 9, plan's gains dB | Eq. 9, terms alone dB | measured dB |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    println!(
-        "| float32 | | 32 | {:.1} | {:.2} | | | |",
-        (32 * params) as f64 / 1e3,
-        100.0 * float_accuracy
-    );
+    println!("|---|---|---|---|---|---|---|");
     for (method, _) in METHODS {
         for r in rows.iter().filter(|r| r.method == method) {
             println!(
-                "| {method} | {} | {:.3} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
-                r.budget,
+                "| {method} | {:.3} | {:.4} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 r.e.avg_bits,
-                r.e.model_bits as f64 / 1e3,
+                r.e.model_bits as f64 / 1e6,
                 100.0 * r.e.accuracy,
                 r.e.predicted_output_sqnr_db,
                 r.e.operating_point_output_sqnr_db,
@@ -287,6 +299,10 @@ fn print_table(rows: &[Row], float_accuracy: f64, params: usize) {
             );
         }
     }
+    println!(
+        "\nequal: every weight tensor at one width; paper: Lin et al. (3σ Gaussian steps, κ = 3 dB/bit, closed form); \
+         fixq: per-tensor weights in 2..=8 bits; fixq-pc: per-channel mid-rise weights in 1..=7 bits"
+    );
 }
 
 /// The SVG plot of accuracy against average weight bits, one line per method.
