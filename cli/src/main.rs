@@ -31,7 +31,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Quantize an ONNX model for a bit budget from calibration images and write the model file.
+    /// Quantize an ONNX model for a bit budget from calibration images and print the per-tensor
+    /// report.
     Quantize(QuantizeArgs),
     /// Accuracy against weight bits: equal widths, the paper's method and fixq's, and an SVG plot
     /// (without arguments: the shipped digits CNN).
@@ -61,9 +62,10 @@ struct QuantizeArgs {
     /// Per-tensor two's complement weights in 2..=8 bits (the paper's granularity).
     #[arg(long)]
     per_tensor: bool,
-    /// The model file to write.
+    /// The model file to write [not yet: needs `QuantizedModel::save`; without -o only the report
+    /// is printed].
     #[arg(short = 'o', long = "output", value_name = "FILE")]
-    output: PathBuf,
+    output: Option<PathBuf>,
     /// Overwrite the output if it exists.
     #[arg(long)]
     force: bool,
@@ -117,7 +119,9 @@ fn load_graph(flag: &str, path: &Path) -> CliResult<Graph> {
 }
 
 fn quantize(a: &QuantizeArgs) -> CliResult<()> {
-    output::check_writable("-o", &a.output, a.force)?;
+    if let Some(out) = &a.output {
+        output::check_writable("-o", out, a.force)?;
+    }
     if !(a.budget.is_finite() && a.budget > 0.0) {
         return Err(CliError::input(
             format!("--budget {}", a.budget),
@@ -165,12 +169,15 @@ fn quantize(a: &QuantizeArgs) -> CliResult<()> {
         ),
     })?;
     println!("{}", model.report());
-    save_model(&model, &a.output, a.force)?;
-    println!("wrote {}", a.output.display());
+    if let Some(out) = &a.output {
+        save_model(&model, out, a.force)?;
+        println!("wrote {}", out.display());
+    }
     Ok(())
 }
 
-/// Writes the model file (waiting for `QuantizedModel::save`, branch `model-file`).
+/// Writes the model file: waits for `QuantizedModel::save` / `to_bytes` (branch `model-file`); until
+/// then `-o` is refused after the report, with status 1 and nothing written.
 fn save_model(_model: &fixq::QuantizedModel, path: &Path, _force: bool) -> CliResult<()> {
     Err(CliError::failure(
         format!("-o {}", path.display()),

@@ -237,12 +237,6 @@ fn an_existing_output_is_refused_without_force_and_left_untouched() {
         &format!("-o {}: exists; pass --force to overwrite it", out.display()),
     );
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
-    // `run` and `sweep` refuse the same way, before reading anything.
-    let npy = d.join("logits.npy");
-    std::fs::write(&npy, b"old").unwrap();
-    let o = fixq(&["run", "missing.fixq", "--data", TEST, "-o", s(&npy)]);
-    assert_input_error(&o, &format!("-o {}: exists", npy.display()));
-    assert_eq!(std::fs::read(&npy).unwrap(), b"old");
     // A directory is never a valid output.
     let o = fixq(&["sweep", "-o", s(&d), "--force"]);
     assert_input_error(&o, &format!("--plot {}: is a directory", d.display()));
@@ -355,16 +349,16 @@ fn bad_input_exits_2_with_one_line_naming_the_flag_and_file() {
 fn npy_u8_nhwc_and_f32_nchw_load_like_idx() {
     let d = scratch("npy");
     let (images, _) = digits("train", 300);
-    let quantize = |calib: &str, extra: &[&str], out: &str| {
+    let quantize = |calib: &str, extra: &[&str]| {
         let mut a = vec![
-            "quantize", DIGITS, "--calib", calib, "--limit", "200", "--budget", "3", "-o", out,
+            "quantize", DIGITS, "--calib", calib, "--limit", "200", "--budget", "3",
         ];
         a.extend_from_slice(extra);
         let o = fixq(&a);
         assert!(o.status.success(), "{calib} {extra:?}: {}", stderr(&o));
         report_of(&o)
     };
-    let idx = quantize(TRAIN, &["--scale", "16"], s(&d.join("idx.fixq")));
+    let idx = quantize(TRAIN, &["--scale", "16"]);
     // The report: one row per weight tensor and activation of the digits CNN, 3 bits per weight.
     assert!(
         idx.contains("| tensor | kind | bits | format | predicted SQNR dB | measured SQNR dB |")
@@ -374,29 +368,21 @@ fn npy_u8_nhwc_and_f32_nchw_load_like_idx() {
     // u8 NHWC [N, 8, 8, 1] (the pixel order is the same for one channel).
     let nhwc = d.join("nhwc.npy");
     std::fs::write(&nhwc, npy_u8(&[300, 8, 8, 1], &images)).unwrap();
-    let from_nhwc = quantize(
-        s(&nhwc),
-        &["--scale", "16", "--layout", "nhwc"],
-        s(&d.join("a.fixq")),
-    );
+    let from_nhwc = quantize(s(&nhwc), &["--scale", "16", "--layout", "nhwc"]);
     assert_eq!(from_nhwc, idx);
     // f32 NCHW [N, 1, 8, 8], already scaled.
     let f32s: Vec<f32> = images.iter().map(|&v| f32::from(v) / 16.0).collect();
     let nchw = d.join("nchw.npy");
     std::fs::write(&nchw, npy_f32(&[300, 1, 8, 8], &f32s)).unwrap();
-    assert_eq!(quantize(s(&nchw), &[], s(&d.join("b.fixq"))), idx);
+    assert_eq!(quantize(s(&nchw), &[]), idx);
     // --mean and --std apply after --scale.
     let normalised: Vec<f32> = images
         .iter()
         .map(|&v| (f32::from(v) / 16.0 - 0.25) / 0.5)
         .collect();
     std::fs::write(&nchw, npy_f32(&[300, 1, 8, 8], &normalised)).unwrap();
-    let direct = quantize(s(&nchw), &[], s(&d.join("c.fixq")));
-    let flags = quantize(
-        TRAIN,
-        &["--scale", "16", "--mean", "0.25", "--std", "0.5"],
-        s(&d.join("e.fixq")),
-    );
+    let direct = quantize(s(&nchw), &[]);
+    let flags = quantize(TRAIN, &["--scale", "16", "--mean", "0.25", "--std", "0.5"]);
     assert_eq!(direct, flags);
     assert_ne!(direct, idx);
     std::fs::remove_dir_all(&d).unwrap();
@@ -434,7 +420,7 @@ fn digits_folder(d: &Path, split: &str, n: usize) -> (PathBuf, PathBuf, PathBuf)
 fn an_image_folder_loads_like_the_same_images_in_npy() {
     let d = scratch("folder");
     let (folder, npy, _) = digits_folder(&d, "train", 120);
-    let quantize = |calib: &Path, out: &str| {
+    let quantize = |calib: &Path| {
         let o = fixq(&[
             "quantize",
             DIGITS,
@@ -444,15 +430,13 @@ fn an_image_folder_loads_like_the_same_images_in_npy() {
             "16",
             "--budget",
             "3",
-            "-o",
-            out,
         ]);
         assert!(o.status.success(), "{}: {}", calib.display(), stderr(&o));
         report_of(&o)
     };
-    let from_folder = quantize(&folder, s(&d.join("f.fixq")));
+    let from_folder = quantize(&folder);
     assert!(from_folder.contains("on 120 images"), "{from_folder}");
-    assert_eq!(from_folder, quantize(&npy, s(&d.join("n.fixq"))));
+    assert_eq!(from_folder, quantize(&npy));
     // A folder of mixed sizes is refused, naming the file.
     let odd = folder.join("class3").join("odd.png");
     image::GrayImage::new(9, 8).save(&odd).unwrap();
