@@ -6,8 +6,8 @@
 //! cargo run --release --example quantize_model -- 4       # another budget
 //! ```
 //!
-//! The command-line program does this and more on any model and data: `fixq quantize`, `fixq eval`
-//! and the accuracy-vs-bits sweep `fixq sweep` (`docs/cli.md`).
+//! The command-line program does this on any model and data (`fixq quantize`), and the
+//! accuracy-vs-bits sweep (`fixq sweep`; `docs/cli.md`).
 
 use fixq::eval::{Dataset, accuracy};
 use fixq::{Budget, FloatExecutor, Graph, QuantizeOptions, quantize_with_progress};
