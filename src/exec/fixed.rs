@@ -7,7 +7,8 @@
 //! Activations are stored as `u8` (unsigned, ≤ 8 bits), `i8` (signed, ≤ 8 bits) or `i16`.
 //!
 //! # Example
-//! See `examples/quantize_model.rs` and `tests/e2e.rs`; building one needs a graph and a plan:
+//! See `fixq::quantize` (which builds one), `tests/e2e.rs` and `cli/src/sweep.rs`; building one
+//! needs a graph and a plan:
 //! ```
 //! use fixq::exec::FixedNetwork;
 //! use fixq::plan::QuantPlan;

@@ -18,13 +18,20 @@ use crate::error::{Error, Result};
 /// How many temporary names are tried before giving up.
 const ATTEMPTS: u32 = 64;
 
-/// Writes `bytes` to `path`, replacing any existing file atomically (see the [module docs](self)).
+/// Writes `bytes` to `path`, replacing any existing file atomically: a reader sees the old content
+/// or the new one, never a part of either.
+///
+/// The bytes go to a new temporary file in the target's directory, `.{file name}.{pid}-{sequence}.tmp`,
+/// created with `create_new` (`O_CREAT | O_EXCL`, so neither an existing file nor a planted symlink is
+/// opened); it is flushed to disk, renamed over the target, and the directory is flushed so the rename
+/// survives a crash. On every error the temporary file is removed.
 ///
 /// # Errors
 /// [`Error::Io`] naming `path` if it has no file name, if no temporary file can be created beside
 /// it, or if writing, syncing or renaming fails; the temporary file is removed first and the
 /// existing file (if any) is left as it was.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    let path = path.as_ref();
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
     let Some(name) = path.file_name() else {
         return Err(io_error(

@@ -1,5 +1,6 @@
 //! Readers for data sets and weights: IDX (MNIST), NumPy `.npy`, and `.safetensors`; and the
-//! atomic file replacement the writers share.
+//! atomic file replacement the writers share ([`write_atomic`], public for programs built on the
+//! crate, such as the `fixq` command line).
 //!
 //! Every reader checks the sizes its header claims against the bytes actually present before
 //! allocating, and reports `Malformed { format, offset, reason }` for truncated or corrupt input.
@@ -10,6 +11,8 @@ pub mod idx;
 pub(crate) mod json;
 pub mod npy;
 pub mod safetensors;
+
+pub use atomic::write_atomic;
 
 use std::path::Path;
 

@@ -1,0 +1,462 @@
+//! The `fixq` binary end to end on the shipped digits CNN: every subcommand, the data formats, the
+//! error lines and exit statuses, and the never-overwrite rule.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root (the shipped model and data are named from it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `fixq args` from the repository root.
+fn fixq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fixq"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the fixq binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fresh, empty directory for one test.
+fn scratch(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fixq-cli-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Asserts a bad-input failure: exit 2 and one stderr line starting `fixq: error: {prefix}`.
+fn assert_input_error(o: &Output, prefix: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with(&format!("fixq: error: {prefix}")),
+        "expected 'fixq: error: {prefix}...', got {err}"
+    );
+}
+
+const DIGITS: &str = "models/digits_cnn.onnx";
+const TRAIN: &str = "data/digits/train-images-idx3-ubyte";
+const TEST: &str = "data/digits/test-images-idx3-ubyte";
+
+/// `.npy` bytes (format 1.0) of type `descr` (`|u1`, `<f4`) and `shape` around the raw `data`.
+fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}\n");
+    while (10 + header.len()) % 64 != 0 {
+        header.insert(header.len() - 1, ' ');
+    }
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
+}
+
+fn npy_u8(shape: &[usize], data: &[u8]) -> Vec<u8> {
+    npy("|u1", shape, data)
+}
+
+fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    npy("<f4", shape, &bytes)
+}
+
+/// The first `n` digits images `[n, 8, 8]` and labels, read with the library.
+fn digits(split: &str, n: usize) -> (Vec<u8>, Vec<u8>) {
+    let r = root().join("data/digits");
+    let images = fixq::io::idx::read_images(r.join(format!("{split}-images-idx3-ubyte"))).unwrap();
+    let labels = fixq::io::idx::read_labels(r.join(format!("{split}-labels-idx1-ubyte"))).unwrap();
+    assert_eq!(images.shape()[1..], [8, 8]);
+    (
+        images.iter().take(n * 64).copied().collect(),
+        labels.iter().take(n).copied().collect(),
+    )
+}
+
+#[test]
+fn sweep_on_the_digits_cnn_prints_the_table_and_writes_an_svg() {
+    let d = scratch("sweep");
+    let svg = d.join("plot.svg");
+    let o = fixq(&[
+        "sweep",
+        "--limit",
+        "200",
+        "--budgets",
+        "2,4",
+        "--equal-bits",
+        "2,8",
+        "-o",
+        s(&svg),
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "stderr: {}\nstdout: {out}", stderr(&o));
+    assert!(out.contains("scored on 200 images of data/digits/test-images-idx3-ubyte"));
+    assert!(out.contains("calibrated on 1347 images of data/digits/train-images-idx3-ubyte"));
+    assert!(
+        out.contains(
+            "| method | bits/weight | weight Mbit | accuracy % | Eq. 9, plan's gains dB | Eq. 9, terms alone dB | measured dB |"
+        ),
+        "{out}"
+    );
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| method"))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    let methods: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
+    // Equal widths at 2 and 8 bits, the paper's method and fixq's at 2 and 4 bits (the paper's
+    // rounding lands below the budget).
+    assert_eq!(
+        methods,
+        [
+            ("equal", "2.000"),
+            ("equal", "8.000"),
+            ("paper", "1.591"),
+            ("paper", "3.581"),
+            ("fixq", "2.000"),
+            ("fixq", "3.967"),
+            ("fixq-pc", "2.000"),
+            ("fixq-pc", "4.000"),
+        ],
+        "{out}"
+    );
+    // The plans depend on the calibration images only, so their size and predicted output SQNR are
+    // the full sweep's (docs/reproduction.md, the digits CNN); the other columns are measured on
+    // the scored images.
+    let planned: Vec<[&str; 2]> = rows.iter().map(|r| [r[2], r[4]]).collect();
+    assert_eq!(
+        planned,
+        [
+            ["0.0272", "0.30"],
+            ["0.1087", "31.62"],
+            ["0.0216", "-3.03"],
+            ["0.0486", "0.66"],
+            ["0.0272", "0.30"],
+            ["0.0539", "16.40"],
+            ["0.0272", "7.86"],
+            ["0.0543", "19.63"],
+        ],
+        "{out}"
+    );
+    // Accuracy on the first 200 test images (one image is 0.5 points): float, equal 8-bit and fixq
+    // per channel at 4 bits within 1.5 points of it, per tensor at 3.967 bits within 2.5 (on all
+    // 450 images: 0.22, 0.67 and 1.33 points below float, docs/reproduction.md).
+    let float: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("float accuracy "))
+        .and_then(|l| l.trim_end_matches(" %").parse().ok())
+        .unwrap_or_else(|| panic!("no float accuracy: {out}"));
+    assert!((97.0..=100.0).contains(&float), "float {float}");
+    for (k, points) in [(1, 1.5), (7, 1.5), (5, 2.5)] {
+        let a: f64 = rows[k][3].parse().unwrap();
+        assert!(
+            (a - float).abs() <= points,
+            "{:?}: {a} vs float {float}",
+            methods[k]
+        );
+    }
+    // 1.6 bits of the paper's method lose the network (10.00 % on all 450 images).
+    let paper_low: f64 = rows[2][3].parse().unwrap();
+    assert!(paper_low <= 20.0, "paper at 1.591 bits: {paper_low}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(100)]);
+    for label in ["equal", "paper", "fixq", "fixq-pc", "float"] {
+        assert!(
+            text.contains(&format!("\n{label}\n</text>")),
+            "legend {label}"
+        );
+    }
+    // Again without --force: refused before any work, the plot untouched.
+    let o = fixq(&["sweep", "-o", s(&svg)]);
+    assert_input_error(
+        &o,
+        &format!("--plot {}: exists; pass --force", svg.display()),
+    );
+    assert_eq!(std::fs::read_to_string(&svg).unwrap(), text);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The report table `fixq quantize` prints (the lines before "wrote ...").
+fn report_of(o: &Output) -> String {
+    stdout(o)
+        .lines()
+        .filter(|l| !l.starts_with("wrote "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn an_existing_output_is_refused_without_force_and_left_untouched() {
+    let d = scratch("overwrite");
+    let out = d.join("out.fixq");
+    std::fs::write(&out, b"keep me").unwrap();
+    let args = |force: bool| {
+        let mut a = vec![
+            "quantize",
+            DIGITS,
+            "--calib",
+            TRAIN,
+            "--scale",
+            "16",
+            "--limit",
+            "100",
+            "--budget",
+            "4",
+            "-o",
+            s(&out),
+        ];
+        if force {
+            a.push("--force");
+        }
+        a
+    };
+    let o = fixq(&args(false));
+    assert_input_error(
+        &o,
+        &format!("-o {}: exists; pass --force to overwrite it", out.display()),
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+    // A directory is never a valid output.
+    let o = fixq(&["sweep", "-o", s(&d), "--force"]);
+    assert_input_error(&o, &format!("--plot {}: is a directory", d.display()));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bad_input_exits_2_with_one_line_naming_the_flag_and_file() {
+    let d = scratch("bad");
+    let out = d.join("out.fixq");
+    let o_ = s(&out);
+    let garbage = d.join("garbage.npy");
+    std::fs::write(&garbage, b"\x93NUMPY\x01\x00\xff\xffnot a header").unwrap();
+    let q = |calib: &str, extra: &[&str]| {
+        let mut a = vec!["quantize", DIGITS, "--calib", calib, "-o", o_];
+        if !extra.contains(&"--budget") {
+            a.extend(["--budget", "4"]);
+        }
+        a.extend_from_slice(extra);
+        fixq(&a)
+    };
+    // A missing file.
+    assert_input_error(
+        &q("data/nope.npy", &[]),
+        "--calib data/nope.npy: I/O error on data/nope.npy",
+    );
+    // A malformed .npy.
+    assert_input_error(
+        &q(s(&garbage), &[]),
+        &format!("--calib {}: malformed npy data at byte", garbage.display()),
+    );
+    // A malformed model.
+    let o = fixq(&[
+        "quantize", TRAIN, "--calib", TRAIN, "--budget", "4", "-o", o_,
+    ]);
+    assert_input_error(&o, &format!("MODEL {TRAIN}: "));
+    // Bad values.
+    assert_input_error(
+        &q(TRAIN, &["--budget", "0"]),
+        "--budget 0: must be a positive number",
+    );
+    assert_input_error(
+        &q(TRAIN, &["--scale", "-1"]),
+        "--scale -1: must be a positive number",
+    );
+    assert_input_error(
+        &q(TRAIN, &["--std", "0"]),
+        "--std 0: every value must be positive",
+    );
+    assert_input_error(
+        &q(TRAIN, &["--mean", "0.1,0.2"]),
+        "--mean: 2 values for data with 1 channels: give 1 or 1",
+    );
+    assert_input_error(
+        &q(TRAIN, &["--limit", "0"]),
+        "--limit 0: must be at least 1",
+    );
+    // A budget below the narrowest widths.
+    assert_input_error(
+        &q(TRAIN, &["--budget", "0.5", "--limit", "50"]),
+        "--budget 0.5: infeasible budget",
+    );
+    // Arguments clap refuses: still one line, status 2.
+    assert_input_error(
+        &fixq(&["quantize", DIGITS]),
+        "the following required arguments were not provided",
+    );
+    assert_input_error(
+        &fixq(&["frobnicate"]),
+        "unrecognized subcommand 'frobnicate'",
+    );
+    assert_input_error(
+        &q(TRAIN, &["--per-tensor", "--per-channel"]),
+        "the argument '--per-tensor' cannot be used with '--per-channel'",
+    );
+    assert_input_error(
+        &q(TRAIN, &["--layout", "hwcn"]),
+        "invalid value 'hwcn' for '--layout",
+    );
+    // Labels that do not match the images.
+    let svg = d.join("p.svg");
+    let o = fixq(&[
+        "sweep",
+        DIGITS,
+        "--data",
+        TEST,
+        "--labels",
+        "data/digits/train-labels-idx1-ubyte",
+        "-o",
+        s(&svg),
+    ]);
+    assert_input_error(
+        &o,
+        "--labels data/digits/train-labels-idx1-ubyte: 1347 labels for the 450 images of data/digits/test-images-idx3-ubyte",
+    );
+    // Scoring data without labels.
+    let npy = d.join("images.npy");
+    let (images, _) = digits("test", 10);
+    std::fs::write(&npy, npy_u8(&[10, 8, 8], &images)).unwrap();
+    let o = fixq(&["sweep", DIGITS, "--data", s(&npy), "-o", s(&svg)]);
+    assert_input_error(
+        &o,
+        &format!("--data {}: no labels: pass --labels FILE", npy.display()),
+    );
+    assert!(!out.exists(), "no output after a failure");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn npy_u8_nhwc_and_f32_nchw_load_like_idx() {
+    let d = scratch("npy");
+    let (images, _) = digits("train", 300);
+    let quantize = |calib: &str, extra: &[&str]| {
+        let mut a = vec![
+            "quantize", DIGITS, "--calib", calib, "--limit", "200", "--budget", "3",
+        ];
+        a.extend_from_slice(extra);
+        let o = fixq(&a);
+        assert!(o.status.success(), "{calib} {extra:?}: {}", stderr(&o));
+        report_of(&o)
+    };
+    let idx = quantize(TRAIN, &["--scale", "16"]);
+    // The report: one row per weight tensor and activation of the digits CNN, 3 bits per weight.
+    assert!(
+        idx.contains("| tensor | kind | bits | format | predicted SQNR dB | measured SQNR dB |")
+    );
+    assert!(idx.contains("(3.000 per parameter)"), "{idx}");
+    assert!(idx.contains("on 200 images"), "{idx}");
+    // u8 NHWC [N, 8, 8, 1] (the pixel order is the same for one channel).
+    let nhwc = d.join("nhwc.npy");
+    std::fs::write(&nhwc, npy_u8(&[300, 8, 8, 1], &images)).unwrap();
+    let from_nhwc = quantize(s(&nhwc), &["--scale", "16", "--layout", "nhwc"]);
+    assert_eq!(from_nhwc, idx);
+    // f32 NCHW [N, 1, 8, 8], already scaled.
+    let f32s: Vec<f32> = images.iter().map(|&v| f32::from(v) / 16.0).collect();
+    let nchw = d.join("nchw.npy");
+    std::fs::write(&nchw, npy_f32(&[300, 1, 8, 8], &f32s)).unwrap();
+    assert_eq!(quantize(s(&nchw), &[]), idx);
+    // --mean and --std apply after --scale.
+    let normalised: Vec<f32> = images
+        .iter()
+        .map(|&v| (f32::from(v) / 16.0 - 0.25) / 0.5)
+        .collect();
+    std::fs::write(&nchw, npy_f32(&[300, 1, 8, 8], &normalised)).unwrap();
+    let direct = quantize(s(&nchw), &[]);
+    let flags = quantize(TRAIN, &["--scale", "16", "--mean", "0.25", "--std", "0.5"]);
+    assert_eq!(direct, flags);
+    assert_ne!(direct, idx);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Writes the first `n` images of a digits split as an image folder (`{class}/{index}.png`, 8-bit
+/// gray, raw values 0..16) and the same images, in the folder's order, as `.npy` images and labels.
+fn digits_folder(d: &Path, split: &str, n: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let (images, labels) = digits(split, n);
+    let folder = d.join("folder");
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (labels[i], format!("{i:04}")));
+    for (i, &label) in labels.iter().enumerate() {
+        let class = folder.join(format!("class{label}"));
+        std::fs::create_dir_all(&class).unwrap();
+        let px = images[i * 64..(i + 1) * 64].to_vec();
+        let img = image::GrayImage::from_raw(8, 8, px).unwrap();
+        img.save(class.join(format!("{i:04}.png"))).unwrap();
+    }
+    // A non-image file is ignored.
+    std::fs::write(folder.join("class0").join("notes.txt"), b"not an image").unwrap();
+    let sorted: Vec<u8> = order
+        .iter()
+        .flat_map(|&i| images[i * 64..(i + 1) * 64].to_vec())
+        .collect();
+    let sorted_labels: Vec<u8> = order.iter().map(|&i| labels[i]).collect();
+    let npy = d.join("sorted.npy");
+    std::fs::write(&npy, npy_u8(&[n, 8, 8], &sorted)).unwrap();
+    let lab = d.join("sorted_labels.npy");
+    std::fs::write(&lab, npy_u8(&[n], &sorted_labels)).unwrap();
+    (folder, npy, lab)
+}
+
+#[test]
+fn an_image_folder_loads_like_the_same_images_in_npy() {
+    let d = scratch("folder");
+    let (folder, npy, _) = digits_folder(&d, "train", 120);
+    let quantize = |calib: &Path| {
+        let o = fixq(&[
+            "quantize",
+            DIGITS,
+            "--calib",
+            s(calib),
+            "--scale",
+            "16",
+            "--budget",
+            "3",
+        ]);
+        assert!(o.status.success(), "{}: {}", calib.display(), stderr(&o));
+        report_of(&o)
+    };
+    let from_folder = quantize(&folder);
+    assert!(from_folder.contains("on 120 images"), "{from_folder}");
+    assert_eq!(from_folder, quantize(&npy));
+    // A folder of mixed sizes is refused, naming the file.
+    let odd = folder.join("class3").join("odd.png");
+    image::GrayImage::new(9, 8).save(&odd).unwrap();
+    let o = fixq(&[
+        "quantize",
+        DIGITS,
+        "--calib",
+        s(&folder),
+        "--budget",
+        "3",
+        "-o",
+        s(&d.join("x.fixq")),
+    ]);
+    assert_input_error(
+        &o,
+        &format!(
+            "--calib {}: {} is 9x8, the first image 8x8",
+            folder.display(),
+            odd.display()
+        ),
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
