@@ -49,7 +49,6 @@ pub struct Data {
     /// One label per image: from `--labels`, the IDX file beside the images, or the class folders.
     pub labels: Option<Vec<u8>>,
     /// Class names of an image folder, in label order.
-    #[allow(dead_code)] // read by the tests; `eval` will print it (waits for the model file)
     pub classes: Vec<String>,
 }
 

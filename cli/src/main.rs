@@ -7,6 +7,7 @@
 
 mod data;
 mod error;
+mod model_cmds;
 mod output;
 mod progress;
 mod sweep;
@@ -34,6 +35,15 @@ enum Command {
     /// Quantize an ONNX model for a bit budget from calibration images and print the per-tensor
     /// report.
     Quantize(QuantizeArgs),
+    /// Top-1 accuracy and speed of a quantized model (.fixq) on labelled images, beside the float
+    /// model's with --float.
+    Eval(model_cmds::EvalArgs),
+    /// Run a quantized model (.fixq) on images and write its outputs as float32 .npy.
+    Run(model_cmds::RunArgs),
+    /// The per-tensor table of a quantized model (.fixq) and its file size against the weight bits.
+    Inspect(model_cmds::InspectArgs),
+    /// Write a quantized model (.fixq) as a standard QDQ ONNX model that onnxruntime runs.
+    ExportOnnx(model_cmds::ExportArgs),
     /// Accuracy against weight bits: equal widths, the paper's method and fixq's, and an SVG plot
     /// (without arguments: the shipped digits CNN).
     Sweep(sweep::SweepArgs),
@@ -62,8 +72,7 @@ struct QuantizeArgs {
     /// Per-tensor two's complement weights in 2..=8 bits (the paper's granularity).
     #[arg(long)]
     per_tensor: bool,
-    /// The model file to write [not yet: needs `QuantizedModel::save`; without -o only the report
-    /// is printed].
+    /// The model file (.fixq) to write [without -o only the report is printed].
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: Option<PathBuf>,
     /// Overwrite the output if it exists.
@@ -101,6 +110,10 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::Quantize(a) => quantize(a),
+        Command::Eval(a) => model_cmds::eval(a),
+        Command::Run(a) => model_cmds::run(a),
+        Command::Inspect(a) => model_cmds::inspect(a),
+        Command::ExportOnnx(a) => model_cmds::export_onnx(a),
         Command::Sweep(a) => sweep::run(a),
     };
     match result {
@@ -170,17 +183,9 @@ fn quantize(a: &QuantizeArgs) -> CliResult<()> {
     })?;
     println!("{}", model.report());
     if let Some(out) = &a.output {
-        save_model(&model, out, a.force)?;
-        println!("wrote {}", out.display());
+        model_cmds::save_model(&model, "-o", out, a.force)?;
+        let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+        println!("wrote {} ({bytes} bytes)", out.display());
     }
     Ok(())
-}
-
-/// Writes the model file: waits for `QuantizedModel::save` / `to_bytes` (branch `model-file`); until
-/// then `-o` is refused after the report, with status 1 and nothing written.
-fn save_model(_model: &fixq::QuantizedModel, path: &Path, _force: bool) -> CliResult<()> {
-    Err(CliError::failure(
-        format!("-o {}", path.display()),
-        "writing model files needs QuantizedModel::save, which this build does not have yet",
-    ))
 }

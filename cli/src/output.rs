@@ -37,7 +37,6 @@ pub fn write(flag: &str, path: &Path, bytes: &[u8], force: bool) -> CliResult<()
 }
 
 /// A float32 array as a NumPy `.npy` file (format 1.0, little-endian, C order).
-#[allow(dead_code)] // for `fixq run`, which waits for the model file; tested below
 pub fn npy_bytes(a: &ArrayD<f32>) -> Vec<u8> {
     let shape = match a.shape() {
         [one] => format!("({one},)"),
