@@ -318,12 +318,12 @@ impl QFormat {
         let n_lo = clamp_frac(-(max_abs / top).log2().ceil())?;
         let mut best: Option<(f64, i32)> = None;
         for n in n_lo..=(n_lo + 16).min(MAX_ABS_FRAC_BITS) {
-            let f = Self::new(bits, n, signed, grid)?;
+            let level = NearestLevel::new(Self::new(bits, n, signed, grid)?);
             let err: f64 = data
                 .iter()
                 .map(|&v| {
                     let x = f64::from(v);
-                    let d = x - f.value_of(f.code_of(x, Rounding::NearestEven).0);
+                    let d = x - level.value(x);
                     d * d
                 })
                 .sum();
@@ -381,6 +381,48 @@ pub enum Rounding {
         /// Seed of the per-tensor generator (SplitMix64).
         seed: u64,
     },
+}
+
+/// Rounding to a format's nearest level, ties to even, saturated: for every finite `x`,
+/// `NearestLevel::new(f).value(x) == f.value_of(f.code_of(x, Rounding::NearestEven).0)`, bit for bit.
+///
+/// The format's powers of two are computed once, and the rounding of the clamped, scaled value is
+/// done by adding and subtracting 1.5·2^52 (exact ties-to-even for |s| < 2^51; codes are within
+/// ±2^32), so the hot loops of planning avoid a libm call per element. A non-finite `x` gives NaN
+/// for NaN and the saturated level for ±∞.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NearestLevel {
+    scale: f64,
+    step: f64,
+    offset: f64,
+    lo: f64,
+    hi: f64,
+}
+
+impl NearestLevel {
+    pub(crate) fn new(f: QFormat) -> Self {
+        Self {
+            scale: pow2(f.frac_bits),
+            step: f.step(),
+            offset: if f.grid == Grid::MidRise { 0.5 } else { 0.0 },
+            lo: f.min_code() as f64,
+            hi: f.max_code() as f64,
+        }
+    }
+
+    /// The level `x` rounds to, in the tensor's units.
+    #[inline]
+    pub(crate) fn value(&self, x: f64) -> f64 {
+        const ROUNDER: f64 = 6_755_399_441_055_744.0; // 1.5 · 2^52
+        let s = (x * self.scale - self.offset).clamp(self.lo, self.hi);
+        ((s + ROUNDER) - ROUNDER + self.offset) * self.step
+    }
+
+    /// [`Self::value`] of an f32, as f32 (fake quantization of float tensors).
+    #[inline]
+    pub(crate) fn fake_f32(&self, v: f32) -> f32 {
+        self.value(f64::from(v)) as f32
+    }
 }
 
 fn round_f64(s: f64, rounding: Rounding, u: f64) -> f64 {
@@ -986,6 +1028,46 @@ impl SplitMix64 {
 mod tests {
     use super::*;
     use ndarray::array;
+
+    #[test]
+    fn nearest_level_is_code_of_then_value_of_bit_for_bit() {
+        let mut rng = SplitMix64::new(11);
+        let mut formats = Vec::new();
+        for bits in [1u32, 2, 3, 4, 7, 8, 12, 16, 31, 32] {
+            for n in [-40, -7, -1, 0, 1, 3, 9, 30, 60] {
+                for (signed, grid) in [
+                    (true, Grid::MidTread),
+                    (false, Grid::MidTread),
+                    (true, Grid::MidRise),
+                ] {
+                    if let Ok(f) = QFormat::new(bits, n, signed, grid) {
+                        formats.push(f);
+                    }
+                }
+            }
+        }
+        assert!(formats.len() > 200);
+        for f in formats {
+            let level = NearestLevel::new(f);
+            let step = f.step();
+            let span = f.max_value().abs().max(f.min_value().abs()) * 1.5;
+            for k in 0..400 {
+                let x = match k % 4 {
+                    // Exact ties of both grids and values just beside them.
+                    0 => (k as f64 / 8.0 - 25.0) * step * 0.5,
+                    1 => (k as f64 - 200.0) * step * 0.5 + step * 1e-9,
+                    2 => (rng.next_unit() * 2.0 - 1.0) * span,
+                    _ => (rng.next_unit() * 2.0 - 1.0) * 1e30,
+                };
+                let want = f.value_of(f.code_of(x, Rounding::NearestEven).0);
+                assert_eq!(level.value(x).to_bits(), want.to_bits(), "{f} at {x}");
+            }
+            for x in [f64::INFINITY, f64::NEG_INFINITY] {
+                let want = f.value_of(f.code_of(x, Rounding::NearestEven).0);
+                assert_eq!(level.value(x), want, "{f} at {x}");
+            }
+        }
+    }
 
     #[test]
     fn formats_validate() {

@@ -526,15 +526,35 @@ fn step_format(
 /// weights or activations; the allocator's errors (notably [`Error::Infeasible`], naming the nearest
 /// feasible budget).
 pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Result<QuantPlan> {
+    plan_with_noise(graph, calibration, config, &weight_noise(graph, config)?)
+}
+
+/// [`plan`] with the weight options' gain-independent half already computed (by [`weight_noise`]
+/// for this graph and a configuration that differs from `config` at most in its gains).
+pub(crate) fn plan_with_noise(
+    graph: &Graph,
+    calibration: &Calibration,
+    config: &PlanConfig,
+    noise: &WeightNoise,
+) -> Result<QuantPlan> {
     validate_config(config)?;
     let layers = layer_weights(graph)?;
+    if noise.layers.len() != layers.len() {
+        return Err(Error::Internal {
+            reason: format!(
+                "weight noise for {} layers, the graph has {}",
+                noise.layers.len(),
+                layers.len()
+            ),
+        });
+    }
     let activations = plan_activations(graph, calibration, config)?;
     // Weight specs: one per tensor or channel, with each width's format and Eq. 9 term.
     let mut specs = Vec::new();
     let mut spec_owner: Vec<(usize, usize)> = Vec::new(); // (layer, channel or 0)
     let mut options: Vec<Vec<WidthOptions>> = Vec::new();
-    for (li, lw) in layers.iter().enumerate() {
-        let (layer_specs, per_group) = weight_options(lw, config)?;
+    for (li, (lw, ln)) in layers.iter().zip(&noise.layers).enumerate() {
+        let (layer_specs, per_group) = weight_options(lw, ln, config)?;
         spec_owner.extend((0..layer_specs.len()).map(|g| (li, g)));
         specs.extend(layer_specs);
         options.push(per_group);
@@ -605,21 +625,44 @@ fn plan_activations(
 /// Per allowed width, the format and Eq. 9 term of one weight tensor or channel.
 type WidthOptions = HashMap<u32, WeightOption>;
 
-/// The allocation specs of one weighted layer (one per tensor or per channel) and, per spec, the
-/// format and Eq. 9 term of every allowed width.
-fn weight_options(
-    lw: &LayerWeights,
-    config: &PlanConfig,
-) -> Result<(Vec<LayerSpec>, Vec<WidthOptions>)> {
+/// What a weight group's options are before the noise gains weigh them: its size, its share of the
+/// layer's energy and, per allowed width (from the narrowest), the format and its error.
+struct GroupNoise {
+    params: u64,
+    share: f64,
+    widths: Vec<(QFormat, NoiseParts)>,
+}
+
+/// A width's error relative to the group's energy: the fitted family's prediction (one part) or the
+/// measured split.
+#[derive(Debug, Clone, Copy)]
+enum NoiseParts {
+    Predicted(f64),
+    Split(NoiseSplit),
+}
+
+/// The gain-independent half of every layer's weight options: the formats and errors of each width,
+/// which cost a scan of the weights per candidate step. It depends on the graph and on the
+/// configuration's widths, grid, granularity, step rule and curve source, not on its gains, so
+/// [`operating::plan_at_operating_point`] computes it once for all its re-plans.
+pub(crate) struct WeightNoise {
+    layers: Vec<Vec<GroupNoise>>,
+}
+
+/// [`WeightNoise`] of every weighted layer of `graph` under `config`.
+pub(crate) fn weight_noise(graph: &Graph, config: &PlanConfig) -> Result<WeightNoise> {
+    validate_config(config)?;
+    let layers = layer_weights(graph)?;
+    Ok(WeightNoise {
+        layers: layers
+            .iter()
+            .map(|lw| layer_noise(lw, config))
+            .collect::<Result<_>>()?,
+    })
+}
+
+fn layer_noise(lw: &LayerWeights, config: &PlanConfig) -> Result<Vec<GroupNoise>> {
     let (bmin, bmax) = (*config.weight_bits.start(), *config.weight_bits.end());
-    let gains = match &config.gains {
-        Some(g) => (
-            sqnr::db_to_linear(g.weight_db(&lw.node)?),
-            sqnr::db_to_linear(g.weight_coherent_db(&lw.node)?),
-            sqnr::db_to_linear(g.weight_offset_db(&lw.node)?),
-        ),
-        None => (1.0, 1.0, 1.0),
-    };
     let row_len = lw.matrix.ncols();
     let groups: Vec<Vec<f32>> = match config.granularity {
         Granularity::PerTensor => vec![lw.matrix.iter().copied().collect()],
@@ -639,14 +682,11 @@ fn weight_options(
         });
     }
     let total_energy: f64 = lw.matrix.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-    let mut specs = Vec::with_capacity(groups.len());
-    let mut per_group = Vec::with_capacity(groups.len());
-    for (g, data) in groups.iter().enumerate() {
+    let mut out = Vec::with_capacity(groups.len());
+    for data in &groups {
         let fit = dist::fit(data).map_err(|e| with_tensor(e, &lw.weight_name))?;
         let energy: f64 = data.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-        let share = energy / total_energy;
-        let mut opts = HashMap::new();
-        let mut values = Vec::new();
+        let mut widths = Vec::new();
         for bits in bmin..=bmax {
             let format = step_format(
                 config.weight_step,
@@ -656,19 +696,52 @@ fn weight_options(
                 true,
                 config.weight_grid,
             )?;
-            let (own, term) = match config.curve {
+            let parts = match config.curve {
                 CurveSource::Predicted => {
-                    let own = sqnr::db_to_linear(-sqnr::predict_db(&fit, format)?);
-                    (share * own, share * own * gains.0)
+                    NoiseParts::Predicted(sqnr::db_to_linear(-sqnr::predict_db(&fit, format)?))
                 }
-                _ => {
-                    let n = noise_split(data, format, row_len)?;
-                    (
-                        share * (n.coherent + n.offset + n.incoherent),
-                        share
-                            * (n.coherent * gains.1 + n.offset * gains.2 + n.incoherent * gains.0),
-                    )
-                }
+                _ => NoiseParts::Split(noise_split(data, format, row_len)?),
+            };
+            widths.push((format, parts));
+        }
+        out.push(GroupNoise {
+            params: data.len() as u64,
+            share: energy / total_energy,
+            widths,
+        });
+    }
+    Ok(out)
+}
+
+/// The allocation specs of one weighted layer (one per tensor or per channel) and, per spec, the
+/// format and Eq. 9 term of every allowed width, from its [`GroupNoise`] weighed by the gains.
+fn weight_options(
+    lw: &LayerWeights,
+    noise: &[GroupNoise],
+    config: &PlanConfig,
+) -> Result<(Vec<LayerSpec>, Vec<WidthOptions>)> {
+    let (bmin, bmax) = (*config.weight_bits.start(), *config.weight_bits.end());
+    let gains = match &config.gains {
+        Some(g) => (
+            sqnr::db_to_linear(g.weight_db(&lw.node)?),
+            sqnr::db_to_linear(g.weight_coherent_db(&lw.node)?),
+            sqnr::db_to_linear(g.weight_offset_db(&lw.node)?),
+        ),
+        None => (1.0, 1.0, 1.0),
+    };
+    let mut specs = Vec::with_capacity(noise.len());
+    let mut per_group = Vec::with_capacity(noise.len());
+    for (g, group) in noise.iter().enumerate() {
+        let share = group.share;
+        let mut opts = HashMap::new();
+        let mut values = Vec::new();
+        for (bits, &(format, parts)) in (bmin..=bmax).zip(&group.widths) {
+            let (own, term) = match parts {
+                NoiseParts::Predicted(own) => (share * own, share * own * gains.0),
+                NoiseParts::Split(n) => (
+                    share * (n.coherent + n.offset + n.incoherent),
+                    share * (n.coherent * gains.1 + n.offset * gains.2 + n.incoherent * gains.0),
+                ),
             };
             values.push(match config.curve {
                 CurveSource::Linear { kappa_db_per_bit } => kappa_db_per_bit * f64::from(bits),
@@ -680,9 +753,8 @@ fn weight_options(
             min_bits: bmin,
             sqnr_db: values,
         };
-        let params = data.len() as u64;
-        let mut spec =
-            LayerSpec::new(format!("{}[{g}]", lw.node), params, curve).bits_range(bmin..=bmax);
+        let mut spec = LayerSpec::new(format!("{}[{g}]", lw.node), group.params, curve)
+            .bits_range(bmin..=bmax);
         if let Some(b) = config.equal_weight_bits {
             spec = spec.pinned(b);
         }

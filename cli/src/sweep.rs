@@ -203,12 +203,9 @@ pub fn run(args: &SweepArgs) -> CliResult<()> {
     })
     .map_err(calib_err)?;
     pb.finish();
-    let probe = calib.slice_axis(
-        Axis(0),
-        Slice::from(0..calib.shape()[0].min(options.probe_images)),
-    );
+    let sensitivity = options.sensitivity_probe(calib.view());
     let pb = progress::bar(None, "noise gains");
-    let gains = plan::noise_gains(&graph, probe.view(), options.seed).map_err(calib_err)?;
+    let gains = plan::noise_gains(&graph, sensitivity.view(), options.seed).map_err(calib_err)?;
     pb.finish();
     let pb = progress::bar(None, "float reference");
     let reference =
@@ -248,7 +245,7 @@ pub fn run(args: &SweepArgs) -> CliResult<()> {
                 &graph,
                 &cal,
                 &cfg,
-                probe.view(),
+                sensitivity.view(),
                 options.operating_point_rounds,
             )
         } else {

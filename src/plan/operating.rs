@@ -20,11 +20,11 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use super::{
     Calibration, NoiseGains, PlanConfig, QuantPlan, Sensitivity, layer_weights, matrix_to_shape,
-    plan,
+    plan_with_noise, weight_noise,
 };
 use crate::error::{Error, Result};
 use crate::exec::FloatExecutor;
-use crate::fixed::{QFormat, Rounding};
+use crate::fixed::NearestLevel;
 use crate::graph::Graph;
 use crate::sqnr;
 
@@ -38,10 +38,6 @@ pub struct TermMeasure {
     /// Output SQNR of the float graph with only this tensor quantized, dB (at most
     /// [`sqnr::CURVE_CAP_DB`], for a tensor whose quantization leaves the output unchanged).
     pub output_db: f64,
-}
-
-fn fake(v: f32, f: QFormat) -> f32 {
-    f.value_of(f.code_of(f64::from(v), Rounding::NearestEven).0) as f32
 }
 
 /// Output SQNR (dB) of the float graph on `probe` with one tensor at a time quantized at `plan`'s
@@ -118,8 +114,8 @@ fn measure_terms_forward(
         }
         let mut m = lw.matrix.clone();
         for (c, mut row) in m.outer_iter_mut().enumerate() {
-            let f = wp.format_of_channel(c);
-            row.mapv_inplace(|v| fake(v, f));
+            let l = NearestLevel::new(wp.format_of_channel(c));
+            row.mapv_inplace(|v| l.fake_f32(v));
         }
         let q = matrix_to_shape(&m, &lw.shape)?;
         let q = if lw.stored_transposed {
@@ -136,13 +132,13 @@ fn measure_terms_forward(
         });
     }
     for a in plan.activations() {
-        let f = a.format;
+        let l = NearestLevel::new(a.format);
         let y = if a.tensor == graph.input().name {
-            exec.run(probe.mapv(|v| fake(v, f)).view())?
+            exec.run(probe.mapv(|v| l.fake_f32(v)).view())?
         } else {
             exec.run_with_mut(probe.view(), |name, _, act| {
                 if name == a.tensor {
-                    act.mapv_inplace(|v| fake(v, f));
+                    act.mapv_inplace(|v| l.fake_f32(v));
                 }
             })?
         };
@@ -226,12 +222,14 @@ pub fn plan_at_operating_point(
             reason: "planning at the operating point corrects measured noise gains; measure them with plan::noise_gains first".into(),
         });
     };
-    let mut p = plan(graph, calibration, config)?;
+    // The formats and errors of every width do not depend on the gains: computed once.
+    let noise = weight_noise(graph, config)?;
+    let mut p = plan_with_noise(graph, calibration, config, &noise)?;
     for _ in 0..rounds {
         let terms = measure_terms_with(graph, &p, probe.view(), config.sensitivity)?;
         gains = refine_gains(&gains, &p, &terms)?;
         let cfg = config.clone().with_gains(gains.clone());
-        let next = plan(graph, calibration, &cfg)?;
+        let next = plan_with_noise(graph, calibration, &cfg, &noise)?;
         let same = next
             .weights()
             .iter()
@@ -252,6 +250,7 @@ mod tests {
     use super::*;
     use crate::Budget;
     use crate::graph::{Node, Op, TensorInfo};
+    use crate::plan::plan;
 
     /// y = relu(x Wᵀ + b) with weights on the 1/8 grid, which 8-bit weights represent exactly.
     fn exact_weights_graph() -> Graph {

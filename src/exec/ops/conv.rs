@@ -451,8 +451,16 @@ pub(super) fn col2im_add(
                     let iy = oy * sh + ky * dilation[0] - pad[0];
                     let dst = &mut plane[iy * w..(iy + 1) * w];
                     let ix0 = ox_lo * sw + off_x - pad[1];
-                    for (k, &v) in src[oy * ow + ox_lo..oy * ow + ox_hi].iter().enumerate() {
-                        dst[ix0 + k * sw] += v;
+                    let run = &src[oy * ow + ox_lo..oy * ow + ox_hi];
+                    if sw == 1 {
+                        // Contiguous: a plain slice add, which vectorizes.
+                        for (d, &v) in dst[ix0..ix0 + run.len()].iter_mut().zip(run) {
+                            *d += v;
+                        }
+                    } else {
+                        for (k, &v) in run.iter().enumerate() {
+                            dst[ix0 + k * sw] += v;
+                        }
                     }
                 }
             }
