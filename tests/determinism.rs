@@ -1,6 +1,7 @@
 //! Determinism: the same model, calibration data and budget give a byte-identical plan, and the
 //! fixed-point network gives bit-identical outputs across runs, across rayon thread counts (feature
-//! `rayon`) and across the SIMD and scalar reference kernels, on the digits CNN and on the MLPerf Tiny
+//! `rayon`) and across the SIMD and scalar reference kernels (`Auto`, and on the digits CNN every kernel
+//! this CPU runs forced one at a time), on the digits CNN and on the MLPerf Tiny
 //! ResNet-8 with the shipped CIFAR-10 subset (residual adds and average pooling in the integer
 //! network). The same check on LeNet-5 is in `examples/reproduce.rs`.
 
@@ -127,6 +128,84 @@ fn check(c: &Case, full: bool) {
 #[test]
 fn digits_plan_and_outputs_are_deterministic() {
     check(&digits(), true);
+}
+
+/// Every kernel this CPU runs, forced on every weighted layer of the digits CNN one at a time (at a
+/// per-tensor and a per-channel plan), gives outputs bit-identical to the scalar reference, in 1- and
+/// 2-thread rayon pools (feature `rayon`). Kernels this CPU lacks are listed as not available, not
+/// passed; the reference and both portable kernels must always have run. All 450 test images, so
+/// that the second convolution has enough work to be split over threads.
+#[test]
+fn digits_outputs_are_bit_identical_on_every_kernel_forced_one_at_a_time() {
+    use fixq::kernels::KernelId;
+    let c = Case {
+        test: shipped::digits("test", None),
+        ..digits()
+    };
+    let probe = c
+        .calib
+        .images
+        .slice(ndarray::s![..16, .., .., ..])
+        .into_dyn();
+    let gains = plan::noise_gains(&c.graph, probe, 3).unwrap();
+    let mut ran = std::collections::BTreeSet::new();
+    for (label, cfg) in ["per-tensor", "per-channel"].into_iter().zip(configs(true)) {
+        let p = make_plan(&c, &cfg.with_gains(gains.clone()));
+        let reference = outputs_bits(&c, &p, KernelChoice::Reference);
+        for id in KernelId::ALL {
+            if !id.is_supported() {
+                println!("{label}: {id}: not available on this CPU");
+                continue;
+            }
+            let net = FixedNetwork::with_options(&c.graph, &p, None, KernelChoice::Force(id))
+                .unwrap_or_else(|e| panic!("{label}: forcing {id}: {e}"));
+            // Forced means every weighted layer runs it.
+            assert!(
+                net.kernels().iter().all(|(_, k)| *k == id),
+                "{label}: forced {id}, got {:?}",
+                net.kernels()
+            );
+            let run = |threads: Option<usize>| -> Vec<u32> {
+                let go = || {
+                    let y: ArrayD<f32> = net.run(c.test.images.view().into_dyn()).unwrap();
+                    y.iter().map(|v| v.to_bits()).collect()
+                };
+                match threads {
+                    None => go(),
+                    #[cfg(feature = "rayon")]
+                    Some(t) => rayon::ThreadPoolBuilder::new()
+                        .num_threads(t)
+                        .build()
+                        .unwrap()
+                        .install(go),
+                    #[cfg(not(feature = "rayon"))]
+                    Some(_) => go(),
+                }
+            };
+            assert_eq!(reference, run(None), "{label}: {id} vs the reference");
+            let mut how = "one run".to_string();
+            if cfg!(feature = "rayon") {
+                for t in [1, 2] {
+                    assert_eq!(
+                        reference,
+                        run(Some(t)),
+                        "{label}: {id} with {t} rayon threads"
+                    );
+                }
+                how = "default, 1 and 2 rayon threads".into();
+            }
+            println!("{label}: {id}: bit-identical to the reference ({how})");
+            ran.insert(id.name());
+        }
+    }
+    for must in [
+        KernelId::Reference,
+        KernelId::PortableU8I8,
+        KernelId::PortableI16I16,
+    ] {
+        assert!(ran.contains(must.name()), "{must} did not run");
+    }
+    println!("kernels run: {ran:?}");
 }
 
 #[test]

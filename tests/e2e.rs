@@ -1,6 +1,8 @@
 //! End to end on the digits CNN and data that ship with the crate (`models/digits_cnn.onnx`, calibrated
 //! on the first 500 training images, measured on all 450 held-out test images; one image is 0.22
-//! points). The same checks on LeNet-5 and all 10,000 MNIST test images, with the thresholds of
+//! points). Everything that plans (statistics, noise gains, the operating point's probe) sees only
+//! calibration images; `calibration_and_test_images_are_disjoint` checks that no test image is among
+//! them. The same checks on LeNet-5 and all 10,000 MNIST test images, with the thresholds of
 //! `docs/reproduction.md`, are `cargo run --release --example reproduce -- --data ../shared`.
 
 mod shipped;
@@ -14,6 +16,9 @@ use fixq::{Budget, Graph, Grid, pack};
 
 struct Setup {
     graph: Graph,
+    /// The calibration images (the first 500 of the train split); every statistic, noise gain and
+    /// probe of this file comes from them, never from `test`.
+    calib: fixq::eval::Dataset,
     cal: Calibration,
     test: fixq::eval::Dataset,
     gains: plan::NoiseGains,
@@ -38,11 +43,37 @@ fn build_setup() -> Setup {
     let reference = eval::float_reference(&graph, &test, 250, 128).unwrap();
     Setup {
         graph,
+        calib,
         cal,
         test,
         gains,
         reference,
     }
+}
+
+/// The images that plan (calibration, noise gains, probes) and the images that score are disjoint:
+/// no test image equals any calibration image, pixel for pixel.
+#[test]
+fn calibration_and_test_images_are_disjoint() {
+    let s = setup();
+    let key = |img: ndarray::ArrayView3<'_, f32>| -> Vec<u32> {
+        img.iter().map(|v| v.to_bits()).collect()
+    };
+    let calib: std::collections::HashSet<Vec<u32>> = s.calib.images.outer_iter().map(key).collect();
+    let shared = s
+        .test
+        .images
+        .outer_iter()
+        .filter(|t| calib.contains(&key(t.view())))
+        .count();
+    assert_eq!(
+        (s.calib.images.shape()[0], s.test.images.shape()[0]),
+        (500, 450)
+    );
+    assert_eq!(
+        shared, 0,
+        "{shared} test images are also calibration images"
+    );
 }
 
 fn per_channel(budget: f64, gains: &plan::NoiseGains) -> PlanConfig {
@@ -203,12 +234,15 @@ fn eq9_over_terms_measured_alone_is_within_3_db_of_the_network() {
 }
 
 /// Gains corrected at a plan's formats make the planner predict each term exactly as measured alone,
-/// and planning at the operating point predicts the network's output SQNR to within 3 dB.
+/// and planning at the operating point predicts the network's output SQNR to within 1 dB. Terms,
+/// gains and the operating point are measured on calibration images only; the network is scored on
+/// the held-out test images.
 #[test]
 fn gains_refined_at_the_operating_point_reproduce_the_measured_terms() {
     let s = setup();
+    // The probe is calibration data (the first 128 calibration images), not the images scored.
     let probe = s
-        .test
+        .calib
         .images
         .slice(ndarray::s![..128, .., .., ..])
         .into_dyn();
@@ -234,9 +268,11 @@ fn gains_refined_at_the_operating_point_reproduce_the_measured_terms() {
             t.output_db
         );
     }
-    // 2-bit per-channel weights: at the operating point the prediction is within 3 dB of the integer
-    // network (measured 7.9 dB predicted, 8.6 dB measured; LeNet-5's, where the probe gains alone miss
-    // by more than 3 dB, is in examples/reproduce.rs).
+    // 2-bit per-channel weights: at the operating point the prediction is within 1 dB of the integer
+    // network (measured with the probe on calibration images: 7.95 dB predicted, 8.21 dB measured on
+    // the 450 test images, a 0.26 dB gap; before issue 15 the probe was the first 128 test images:
+    // 7.9 / 8.6 dB, asserted within 3 dB. LeNet-5's, where the probe gains alone miss by more than
+    // 3 dB, is in examples/reproduce.rs).
     let po = plan::plan_at_operating_point(
         &s.graph,
         &s.cal,
@@ -246,8 +282,13 @@ fn gains_refined_at_the_operating_point_reproduce_the_measured_terms() {
     )
     .unwrap();
     let e = eval::evaluate(&s.graph, &po, &s.test, &s.reference, 250).unwrap();
+    println!(
+        "operating point: predicted {:.2} dB, measured {:.2} dB",
+        po.predicted_output_sqnr_db(),
+        e.measured_output_sqnr_db
+    );
     assert!(
-        (po.predicted_output_sqnr_db() - e.measured_output_sqnr_db).abs() <= 3.0,
+        (po.predicted_output_sqnr_db() - e.measured_output_sqnr_db).abs() <= 1.0,
         "predicted {} measured {}",
         po.predicted_output_sqnr_db(),
         e.measured_output_sqnr_db

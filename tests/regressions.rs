@@ -725,3 +725,347 @@ fn fixed_network_refuses_an_input_of_another_height_and_width() {
         other => panic!("expected ShapeMismatch, got {other:?}"),
     }
 }
+
+// ---- Issue 15 item 5: the kernel API's size arithmetic (padding, dilation, stride, window) ----
+
+mod kernel_sizes {
+    use fixq::kernels::{
+        self, Conv2d, Conv2dParams, Dense, KernelChoice, MAX_ELEMENTS, MAX_EXTENT, OutputStage,
+        Pool2dParams,
+    };
+    use fixq::{Error, QFormat, QTensor};
+    use ndarray::{Array2, Array4};
+
+    fn u8f() -> QFormat {
+        QFormat::unsigned(8, 0).unwrap()
+    }
+
+    fn weights(k: usize) -> QTensor<i8, ndarray::Ix4> {
+        QTensor::from_codes(
+            Array4::<i8>::ones((2, 1, k, k)),
+            QFormat::signed(8, 0).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn conv(k: usize, params: Conv2dParams) -> fixq::Result<Conv2d<u8, u8>> {
+        Conv2d::new(
+            &weights(k),
+            None,
+            u8f(),
+            OutputStage::new(u8f()),
+            params,
+            KernelChoice::Auto,
+        )
+    }
+
+    fn image(h: usize, w: usize) -> QTensor<u8, ndarray::Ix4> {
+        QTensor::from_codes(Array4::<u8>::from_elem((1, 1, h, w), 3), u8f()).unwrap()
+    }
+
+    fn invalid(e: Error) -> (&'static str, String) {
+        match e {
+            Error::InvalidArgument { name, reason } => (name, reason),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    fn mismatch(e: Error) -> (String, String, String) {
+        match e {
+            Error::ShapeMismatch {
+                what,
+                expected,
+                found,
+            } => (what, expected, found),
+            other => panic!("expected ShapeMismatch, got {other:?}"),
+        }
+    }
+
+    fn unsupported(e: Error) -> String {
+        match e {
+            Error::Unsupported(m) => m,
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+    }
+
+    /// Padding past `MAX_EXTENT` on a side is refused when the layer is built; `MAX_EXTENT` itself is
+    /// accepted, and a call whose padded image would pass `MAX_ELEMENTS` is refused before anything is
+    /// allocated (before issue 15, `h + pad` was plain `usize` arithmetic: an overflow panic in debug
+    /// builds, a wrapped size in release).
+    #[test]
+    fn conv_with_huge_padding_is_refused() {
+        let p = Conv2dParams {
+            padding: [usize::MAX, 0, 0, 0],
+            ..Conv2dParams::new()
+        };
+        let e = conv(3, p).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "invalid padding: expected at most {MAX_EXTENT} pixels on each side (top, left, bottom, right), found [18446744073709551615, 0, 0, 0]"
+            )
+        );
+        assert_eq!(invalid(e).0, "padding");
+        let c = conv(3, Conv2dParams::new().with_padding(MAX_EXTENT)).unwrap();
+        let m = unsupported(c.forward(&image(8, 8)).unwrap_err());
+        assert_eq!(
+            m,
+            format!(
+                "convolution of input [1, 1, 8, 8] padded by [16777216, 16777216, 16777216, \
+                 16777216]: a padded image would hold more than {MAX_ELEMENTS} elements"
+            )
+        );
+    }
+
+    /// A dilation whose window, (k - 1)·dilation + 1, overflows `usize` or passes `MAX_EXTENT` is
+    /// refused when the layer is built.
+    #[test]
+    fn conv_with_overflowing_dilation_is_refused() {
+        for dilation in [[usize::MAX, 1], [1, MAX_EXTENT / 2 + 1]] {
+            let e = conv(
+                3,
+                Conv2dParams {
+                    dilation,
+                    ..Conv2dParams::new()
+                },
+            )
+            .unwrap_err();
+            let (name, reason) = invalid(e);
+            assert_eq!(name, "dilation");
+            assert_eq!(
+                reason,
+                format!(
+                    "expected a dilated kernel, (k - 1)·dilation + 1, of at most {MAX_EXTENT} \
+                     pixels per axis, found dilation {dilation:?} on a 3x3 kernel"
+                )
+            );
+        }
+        // On a 2x2 kernel, the largest dilation that fits gives a window of exactly MAX_EXTENT
+        // pixels; one more is refused.
+        let dil = |d: usize| Conv2dParams {
+            dilation: [1, d],
+            ..Conv2dParams::new()
+        };
+        conv(2, dil(MAX_EXTENT - 1)).unwrap();
+        assert_eq!(invalid(conv(2, dil(MAX_EXTENT)).unwrap_err()).0, "dilation");
+    }
+
+    /// Zero strides (and dilations, groups, windows) are refused, naming the argument and the value.
+    #[test]
+    fn zero_stride_is_refused_by_conv_and_pools() {
+        let e = conv(
+            3,
+            Conv2dParams {
+                stride: [0, 1],
+                ..Conv2dParams::new()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            invalid(e),
+            (
+                "stride",
+                "expected at least 1 in each direction, found [0, 1]".into()
+            )
+        );
+        let e = conv(3, Conv2dParams::new().with_groups(0)).unwrap_err();
+        assert_eq!(
+            invalid(e),
+            ("groups", "expected at least 1, found 0".into())
+        );
+        let x = image(4, 4);
+        let e = kernels::max_pool2d(&x, Pool2dParams::new(2, 0)).unwrap_err();
+        assert_eq!(
+            invalid(e),
+            (
+                "pool stride",
+                "expected at least 1 in each direction, found [0, 0]".into()
+            )
+        );
+        let e = kernels::avg_pool2d::<u8, u8>(
+            &x,
+            Pool2dParams::new(0, 1),
+            true,
+            OutputStage::new(u8f()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            invalid(e),
+            (
+                "pool window",
+                "expected at least 1 in each direction, found [0, 0]".into()
+            )
+        );
+    }
+
+    /// A kernel or window larger than the padded input is a shape mismatch naming both sizes and the
+    /// padding.
+    #[test]
+    fn kernel_larger_than_the_padded_input_is_a_shape_mismatch() {
+        let c = conv(5, Conv2dParams::new().with_padding(1)).unwrap();
+        assert_eq!(
+            mismatch(c.forward(&image(2, 2)).unwrap_err()),
+            (
+                "convolution input size".into(),
+                "a padded input of at least 5x5 (the dilated kernel)".into(),
+                "4x4 (input 2x2 padded by [1, 1, 1, 1])".into()
+            )
+        );
+        let e =
+            kernels::max_pool2d(&image(1, 2), Pool2dParams::new(3, 1).with_padding(0)).unwrap_err();
+        assert_eq!(
+            mismatch(e),
+            (
+                "pool input size".into(),
+                "a padded input of at least 3x3 (the window)".into(),
+                "1x2 (input 1x2 padded by [0, 0, 0, 0])".into()
+            )
+        );
+    }
+
+    /// A pool window and padding near `usize::MAX` (padding smaller than the window, so allowed)
+    /// overflowed `h + pad` (a panic in debug builds); now the padded plane is refused as too large.
+    #[test]
+    fn pool_window_and_padding_near_usize_max_are_refused() {
+        let p = Pool2dParams {
+            kernel: [usize::MAX; 2],
+            stride: [1, 1],
+            padding: [usize::MAX - 1; 4],
+        };
+        let m = unsupported(kernels::max_pool2d(&image(1, 1), p).unwrap_err());
+        assert!(
+            m.ends_with(&format!(
+                "a padded plane would hold more than {MAX_ELEMENTS} elements"
+            )),
+            "{m}"
+        );
+        assert!(
+            m.starts_with("pooling of input [1, 1, 1, 1] padded by [18446744073709551614"),
+            "{m}"
+        );
+    }
+
+    /// Zero-size weights are refused by both constructors, with the shape.
+    #[test]
+    fn zero_size_weights_are_refused_by_conv_and_dense() {
+        let w = QTensor::from_codes(
+            Array4::<i8>::ones((2, 0, 3, 3)),
+            QFormat::signed(8, 0).unwrap(),
+        )
+        .unwrap();
+        let e = Conv2d::<u8, u8>::new(
+            &w,
+            None,
+            u8f(),
+            OutputStage::new(u8f()),
+            Conv2dParams::new(),
+            KernelChoice::Auto,
+        )
+        .unwrap_err();
+        assert_eq!(
+            invalid(e),
+            (
+                "weights shape",
+                "expected no zero size, found [2, 0, 3, 3]".into()
+            )
+        );
+        let d = QTensor::from_codes(Array2::<i8>::ones((0, 3)), QFormat::signed(8, 0).unwrap())
+            .unwrap();
+        let e = Dense::<u8, u8>::new(&d, None, u8f(), OutputStage::new(u8f()), KernelChoice::Auto)
+            .unwrap_err();
+        assert_eq!(
+            invalid(e),
+            (
+                "weights shape",
+                "expected no zero size, found [0, 3]".into()
+            )
+        );
+    }
+
+    /// Found while writing the proptest (`kernels_at_extreme_params`, by probing an image of 0 rows):
+    /// the packed kernels split the input by image with `chunks_exact(C·H·W)`, which panics for
+    /// H = 0; the reference computed bias-only windows of padding. Both now refuse an empty image
+    /// plane, as do the pools (whose windows would hold no pixel).
+    #[test]
+    fn conv_and_pools_refuse_an_image_of_zero_rows() {
+        for choice in [KernelChoice::Reference, KernelChoice::Auto] {
+            let c = Conv2d::<u8, u8>::new(
+                &weights(1),
+                None,
+                u8f(),
+                OutputStage::new(u8f()),
+                Conv2dParams::new().with_padding(1),
+                choice,
+            )
+            .unwrap();
+            let x = QTensor::from_codes(Array4::<u8>::zeros((1, 1, 0, 3)), u8f()).unwrap();
+            assert_eq!(
+                mismatch(c.forward(&x).unwrap_err()),
+                (
+                    "convolution input size".into(),
+                    "an image of at least 1x1 pixels".into(),
+                    "0x3".into()
+                )
+            );
+            let e = kernels::max_pool2d(&x, Pool2dParams::new(2, 1).with_padding(1)).unwrap_err();
+            assert_eq!(mismatch(e).2, "0x3");
+        }
+        // An empty batch is not an empty image: it gives an empty output.
+        let c = conv(1, Conv2dParams::new()).unwrap();
+        let x = QTensor::from_codes(Array4::<u8>::zeros((0, 1, 3, 3)), u8f()).unwrap();
+        assert_eq!(c.forward(&x).unwrap().codes().shape(), &[0, 2, 3, 3]);
+        let d = QTensor::from_codes(Array2::<i8>::ones((2, 3)), QFormat::signed(8, 0).unwrap())
+            .unwrap();
+        let dense =
+            Dense::<u8, u8>::new(&d, None, u8f(), OutputStage::new(u8f()), KernelChoice::Auto)
+                .unwrap();
+        let x = QTensor::from_codes(Array2::<u8>::zeros((0, 3)), u8f()).unwrap();
+        assert_eq!(dense.forward(&x).unwrap().codes().shape(), &[0, 2]);
+    }
+}
+
+/// Found by tests/no_panic.rs (`kernels_at_extreme_params`): `Conv2d::bias_formats` on a zero-size
+/// weight tensor claiming 2^40 output channels built one format per channel (an allocation of
+/// terabytes, so an abort, not even a panic). Zero-size weights are now refused first.
+#[test]
+fn bias_formats_of_zero_size_weights_claiming_2_pow_40_channels_are_refused_before_allocating() {
+    let w = fixq::QTensor::from_codes(
+        ndarray::Array4::<i8>::zeros((1 << 40, 0, 1, 1)),
+        fixq::QFormat::signed(8, 0).unwrap(),
+    )
+    .unwrap();
+    let e = refused(
+        "bias_formats",
+        largest_allocation(|| {
+            fixq::kernels::Conv2d::<u8, u8>::bias_formats(
+                &w,
+                fixq::QFormat::unsigned(8, 0).unwrap(),
+            )
+        }),
+    );
+    match e {
+        Error::InvalidArgument { name, reason } => {
+            assert_eq!(name, "weights shape");
+            assert_eq!(
+                reason,
+                "expected no zero size, found [1099511627776, 0, 1, 1]"
+            );
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+/// Found by tests/no_panic.rs (`kernels_at_extreme_params`): `max_pool2d` on a zero-size tensor held
+/// channels-last with 2^40 channels allocated a row buffer of W·C codes (an abort). A call with no
+/// output now returns the empty output at once.
+#[test]
+fn max_pool_of_a_zero_size_tensor_claiming_2_pow_40_channels_does_not_allocate() {
+    let f = fixq::QFormat::unsigned(8, 0).unwrap();
+    let codes = ndarray::Array4::<u8>::zeros((0, 2, 2, 1 << 40)).permuted_axes([0, 3, 1, 2]);
+    let x = fixq::QTensor::from_codes(codes, f).unwrap();
+    let (r, largest) = largest_allocation(|| {
+        fixq::kernels::max_pool2d(&x, fixq::kernels::Pool2dParams::new(2, 1))
+    });
+    assert!(largest < 1 << 20, "allocated {largest} bytes");
+    assert_eq!(r.unwrap().codes().shape(), &[0, 1 << 40, 1, 1]);
+}

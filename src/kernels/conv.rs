@@ -212,8 +212,9 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
     /// * `output`: output format (must fit `O`) and fused activation.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for zero sizes, strides, dilations or groups, formats that do not fit
-    /// their storage, or an empty activation range; [`Error::ShapeMismatch`] for channel counts not
+    /// [`Error::InvalidArgument`] for zero sizes, strides, dilations or groups, padding over
+    /// [`super::MAX_EXTENT`] on a side or a dilated kernel ((k − 1)·dilation + 1) over it, formats
+    /// that do not fit their storage, or an empty activation range; [`Error::ShapeMismatch`] for channel counts not
     /// divisible by `groups`, a bias of the wrong length or format; [`Error::Unsupported`] for mid-rise
     /// activations, a per-channel axis other than 0, or a forced kernel that cannot run here;
     /// [`Error::AccumulatorOverflow`] if even a 64-bit accumulator could overflow.
@@ -227,29 +228,16 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
     ) -> Result<Self> {
         let s = weights.codes().shape();
         let (c_out, cig, kh, kw) = (s[0], s[1], s[2], s[3]);
-        let groups = params.groups;
-        for (name, v) in [
-            ("stride", params.stride[0].min(params.stride[1])),
-            ("dilation", params.dilation[0].min(params.dilation[1])),
-            ("groups", groups),
-            ("weights shape", c_out.min(cig).min(kh).min(kw)),
-        ] {
-            if v == 0 {
-                return Err(Error::InvalidArgument {
-                    name,
-                    reason: "must be at least 1 (no zero sizes)".into(),
-                });
-            }
-        }
-        if c_out % groups != 0 {
-            return Err(Error::ShapeMismatch {
-                what: "output channels vs groups".into(),
-                expected: format!("a multiple of {groups}"),
-                found: format!("{c_out}"),
+        if s.contains(&0) {
+            return Err(Error::InvalidArgument {
+                name: "weights shape",
+                reason: format!("expected no zero size, found {s:?}"),
             });
         }
+        let groups = params.groups;
         let geom = Geom {
-            c_in: cig * groups,
+            // Exact once `groups` divides C_out (checked below): then groups ≤ C_out.
+            c_in: cig.saturating_mul(groups),
             c_out,
             kh,
             kw,
@@ -258,6 +246,14 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
             dil: params.dilation,
             groups,
         };
+        geom.validate()?;
+        if c_out % groups != 0 {
+            return Err(Error::ShapeMismatch {
+                what: "output channels vs groups".into(),
+                expected: format!("a multiple of {groups}"),
+                found: format!("{c_out}"),
+            });
+        }
         let (w, wfmt) = effective_weights(weights)?;
         Self::from_parts(geom, w, &wfmt, bias, input_format, output, choice)
     }
@@ -266,8 +262,8 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
     /// per output channel (mid-rise weights count as their 2q+1 format).
     ///
     /// # Errors
-    /// As [`QFormat::new`] if a sum of fractional bits is out of range; [`Error::Unsupported`] for a
-    /// per-channel axis other than 0.
+    /// As [`QFormat::new`] if a sum of fractional bits is out of range; [`Error::InvalidArgument`] for
+    /// weights with a zero size; [`Error::Unsupported`] for a per-channel axis other than 0.
     pub fn bias_formats<W: WeightStorage>(
         weights: &QTensor<W, Ix4>,
         input_format: QFormat,
@@ -284,6 +280,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         output: OutputStage,
         choice: KernelChoice,
     ) -> Result<Self> {
+        geom.validate()?;
         check_input_format::<A>(input_format)?;
         let out_range = output.code_range::<O>()?;
         let c_out = geom.c_out;
@@ -386,7 +383,8 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if the channel count differs from C_in or the padded input is smaller
-    /// than the dilated kernel.
+    /// than the dilated kernel; [`Error::Unsupported`] if a padded image or the output would hold more
+    /// than [`super::MAX_ELEMENTS`] elements.
     pub fn output_shape(&self, input: [usize; 4]) -> Result<[usize; 4]> {
         if input[1] != self.geom.c_in {
             return Err(Error::ShapeMismatch {
@@ -395,7 +393,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
                 found: format!("{}", input[1]),
             });
         }
-        let (oh, ow) = self.geom.out_hw(input[2], input[3])?;
+        let (oh, ow) = self.geom.out_hw(input[0], input[2], input[3])?;
         Ok([input[0], self.geom.c_out, oh, ow])
     }
 
@@ -733,9 +731,6 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
     }
 }
 
-/// Rejects codes outside the input format (one vectorizable min/max pass), so the accumulator
-/// bound holds for every accepted input.
-#[inline(always)]
 /// Chooses and builds the layer's kernel (module docs, "Kernels"): `Auto` takes the first of
 /// [`KernelId::AUTO_ORDER`] that this CPU runs and that fits the layer's codes and accumulator bound.
 fn select_engine<A: Activation8or16, O: Activation8or16>(
@@ -784,6 +779,9 @@ fn select_engine<A: Activation8or16, O: Activation8or16>(
         .ok_or_else(|| unfit("this CPU lacks its instruction set"))
 }
 
+/// Rejects codes outside the input format (one vectorizable min/max pass), so the accumulator
+/// bound holds for every accepted input.
+#[inline(always)]
 fn check_range<A: Activation8or16>(x: &[A], range: (i64, i64)) -> Result<()> {
     let Some(&first) = x.first() else {
         return Ok(());
@@ -816,6 +814,14 @@ pub(crate) fn bias_formats_of<W: Storage, D: RemoveAxis>(
     weights: &QTensor<W, D>,
     input_format: QFormat,
 ) -> Result<Vec<QFormat>> {
+    let shape = weights.codes().shape();
+    if shape.contains(&0) {
+        // Also bounds the allocation below: a zero-size tensor may claim 2^40 output channels.
+        return Err(Error::InvalidArgument {
+            name: "weights shape",
+            reason: format!("expected no zero size, found {shape:?}"),
+        });
+    }
     if let Some(axis) = weights.channel_axis()
         && axis != 0
     {
@@ -823,7 +829,7 @@ pub(crate) fn bias_formats_of<W: Storage, D: RemoveAxis>(
             "per-channel weight formats along axis {axis}; only axis 0 (output channel) is supported"
         )));
     }
-    (0..weights.codes().shape()[0])
+    (0..shape[0])
         .map(|o| {
             let f = weights.format_of_channel(o).as_mid_tread_odd()?;
             QFormat::signed(32, input_format.frac_bits() + f.frac_bits())

@@ -44,10 +44,10 @@ impl<A: Activation8or16, O: Activation8or16> Dense<A, O> {
         choice: KernelChoice,
     ) -> Result<Self> {
         let s = weights.codes().shape();
-        if s[0] == 0 || s[1] == 0 {
+        if s.contains(&0) {
             return Err(Error::InvalidArgument {
                 name: "weights shape",
-                reason: format!("{s:?} has a zero size"),
+                reason: format!("expected no zero size, found {s:?}"),
             });
         }
         let geom = Geom {
@@ -89,7 +89,8 @@ impl<A: Activation8or16, O: Activation8or16> Dense<A, O> {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] for a wrong format or width; [`Error::InvalidArgument`] for codes
-    /// outside the input format.
+    /// outside the input format; [`Error::Unsupported`] if the output would hold more than
+    /// [`super::MAX_ELEMENTS`] elements.
     pub fn forward(&self, x: &QTensor<A, Ix2>) -> Result<QTensor<O, Ix2>> {
         let fin = self.conv.input_format();
         if x.channel_axis().is_some() || x.format() != fin {
@@ -99,8 +100,11 @@ impl<A: Activation8or16, O: Activation8or16> Dense<A, O> {
                 found: format!("{:?}", x.formats()),
             });
         }
-        let n = x.codes().shape()[0];
-        let mut out = Array2::<O>::default((n, self.conv.out_channels()));
+        let [n, k] = [x.codes().shape()[0], x.codes().shape()[1]];
+        // The batch as the pixels of one 1×N image: checks the width and the output's size first.
+        // (An empty batch checks as one row and gives an empty output.)
+        let [_, m, _, _] = self.conv.output_shape([1, k, 1, n.max(1)])?;
+        let mut out = Array2::<O>::default((n, m));
         self.forward_into(x.codes().view(), out.view_mut(), &mut Scratch::new())?;
         QTensor::from_codes(out, self.conv.output_stage().format)
     }
@@ -128,6 +132,9 @@ impl<A: Activation8or16, O: Activation8or16> Dense<A, O> {
             name: "dense operands",
             reason: e.to_string(),
         };
+        if n == 0 && k == self.conv.in_channels() {
+            return Ok(());
+        }
         let x = x.as_standard_layout();
         // The batch runs as the N pixels of one 1×N NHWC image, so the micro-kernel's MR pixel rows
         // share each weight load (a GEMM, not N GEMVs).

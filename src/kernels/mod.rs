@@ -76,6 +76,15 @@ pub use pool::{Pool2dParams, avg_pool2d, global_avg_pool, max_pool2d};
 use crate::error::{Error, Result};
 use crate::fixed::{Grid, QFormat, Storage};
 
+/// The largest padding on one side and the largest dilated window, (k − 1)·dilation + 1, in pixels,
+/// that [`Conv2d::new`] accepts: 2^24 (the graph's `MAX_INPUT_DIM`). Larger values are refused at
+/// construction, so the layer's size arithmetic cannot overflow.
+pub const MAX_EXTENT: usize = 1 << 24;
+
+/// The largest number of elements a kernel call pads an image plane to or produces: 2^31 (the graph's
+/// `MAX_TENSOR_ELEMENTS`). A call past it returns [`Error::Unsupported`] before allocating.
+pub const MAX_ELEMENTS: usize = 1 << 31;
+
 /// Activation code types the kernels accept and produce: `i8`, `u8` and `i16`.
 pub trait Activation8or16: Storage + Ord + private::Sealed {
     /// The code widened to `i16` (the `vpmaddwd` paths).

@@ -181,23 +181,115 @@ impl Geom {
     pub fn cog(&self) -> usize {
         self.c_out / self.groups
     }
-    /// Output (height, width) for input (h, w), or an error if the kernel does not fit.
-    pub fn out_hw(&self, h: usize, w: usize) -> Result<(usize, usize)> {
-        let eh = self.dil[0] * (self.kh - 1) + 1;
-        let ew = self.dil[1] * (self.kw - 1) + 1;
-        let hp = h + self.pad[0] + self.pad[2];
-        let wp = w + self.pad[1] + self.pad[3];
+    /// The dilated kernel (height, width), (k − 1)·dilation + 1, if it fits `usize`.
+    fn extent(&self) -> Option<(usize, usize)> {
+        let span = |k: usize, d: usize| (k.checked_sub(1)?).checked_mul(d)?.checked_add(1);
+        Some((span(self.kh, self.dil[0])?, span(self.kw, self.dil[1])?))
+    }
+
+    /// The constructor's checks of strides, dilations, groups, padding and the dilated window
+    /// ([`super::MAX_EXTENT`]), so that [`Geom::out_hw`] and the kernels' index arithmetic cannot
+    /// overflow.
+    pub fn validate(&self) -> Result<()> {
+        let at_least_one = |name: &'static str, found: String| Error::InvalidArgument {
+            name,
+            reason: format!("expected at least 1 in each direction, found {found}"),
+        };
+        if self.stride.contains(&0) {
+            return Err(at_least_one("stride", format!("{:?}", self.stride)));
+        }
+        if self.dil.contains(&0) {
+            return Err(at_least_one("dilation", format!("{:?}", self.dil)));
+        }
+        if self.groups == 0 {
+            return Err(Error::InvalidArgument {
+                name: "groups",
+                reason: "expected at least 1, found 0".into(),
+            });
+        }
+        let max = super::MAX_EXTENT;
+        if self.pad.iter().any(|&p| p > max) {
+            return Err(Error::InvalidArgument {
+                name: "padding",
+                reason: format!(
+                    "expected at most {max} pixels on each side (top, left, bottom, right), found {:?}",
+                    self.pad
+                ),
+            });
+        }
+        if self.extent().is_none_or(|(eh, ew)| eh > max || ew > max) {
+            return Err(Error::InvalidArgument {
+                name: "dilation",
+                reason: format!(
+                    "expected a dilated kernel, (k - 1)·dilation + 1, of at most {max} pixels per \
+                     axis, found dilation {:?} on a {}x{} kernel",
+                    self.dil, self.kh, self.kw
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Output (height, width) for an NCHW input of `n` images of (h, w) pixels.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] for an image of 0 rows or columns, or if the dilated kernel does
+    /// not fit the padded input; [`Error::Unsupported`] if a padded image or the output would hold more than
+    /// [`super::MAX_ELEMENTS`] elements.
+    pub fn out_hw(&self, n: usize, h: usize, w: usize) -> Result<(usize, usize)> {
+        let max = super::MAX_ELEMENTS;
+        let too_large = |what: &str| {
+            Error::Unsupported(format!(
+                "convolution of input [{n}, {}, {h}, {w}] padded by {:?}: {what} would hold more \
+                 than {max} elements",
+                self.c_in, self.pad
+            ))
+        };
+        // Validated at construction: every extent and pad is at most MAX_EXTENT.
+        let (eh, ew) = self.extent().ok_or_else(|| Error::Internal {
+            reason:
+                "a convolution's dilated kernel overflows usize (its geometry was not validated)"
+                    .into(),
+        })?;
+        if h == 0 || w == 0 {
+            // Every window would hold padding only (and the packed kernels split the input by image).
+            return Err(Error::ShapeMismatch {
+                what: "convolution input size".into(),
+                expected: "an image of at least 1x1 pixels".into(),
+                found: format!("{h}x{w}"),
+            });
+        }
+        let hp = h.checked_add(self.pad[0] + self.pad[2]);
+        let wp = w.checked_add(self.pad[1] + self.pad[3]);
+        let (Some(hp), Some(wp)) = (hp, wp) else {
+            return Err(too_large("the padded image"));
+        };
         if hp < eh || wp < ew {
             return Err(Error::ShapeMismatch {
                 what: "convolution input size".into(),
-                expected: format!("padded input at least {eh}x{ew} (dilated kernel)"),
-                found: format!("{hp}x{wp}"),
+                expected: format!("a padded input of at least {eh}x{ew} (the dilated kernel)"),
+                found: format!("{hp}x{wp} (input {h}x{w} padded by {:?})", self.pad),
             });
         }
-        Ok((
+        let within = |dims: &[usize]| {
+            dims.iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .is_some_and(|v| v <= max)
+        };
+        if !within(&[hp, wp, self.c_in]) {
+            return Err(too_large("a padded image"));
+        }
+        let (oh, ow) = (
             (hp - eh) / self.stride[0] + 1,
             (wp - ew) / self.stride[1] + 1,
-        ))
+        );
+        if !within(&[n, self.c_out, oh, ow]) {
+            return Err(too_large(&format!(
+                "the output [{n}, {}, {oh}, {ow}]",
+                self.c_out
+            )));
+        }
+        Ok((oh, ow))
     }
 }
 

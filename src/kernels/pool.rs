@@ -37,14 +37,25 @@ impl Pool2dParams {
         self
     }
 
-    fn out_hw(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+    /// Output (height, width) for an NCHW input `shape`, with every size checked.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a zero window or stride, or padding not smaller than the
+    /// window; [`Error::ShapeMismatch`] for a plane of 0 rows or columns, or if the window does not
+    /// fit the padded input;
+    /// [`Error::Unsupported`] if a padded plane or the output would hold more than
+    /// [`super::MAX_ELEMENTS`] elements.
+    fn out_hw(&self, shape: &[usize]) -> Result<(usize, usize)> {
+        let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
         let [kh, kw] = self.kernel;
         let [sh, sw] = self.stride;
-        if kh == 0 || kw == 0 || sh == 0 || sw == 0 {
-            return Err(Error::InvalidArgument {
-                name: "pool params",
-                reason: "window and stride must be at least 1".into(),
-            });
+        for (name, v) in [("pool window", self.kernel), ("pool stride", self.stride)] {
+            if v.contains(&0) {
+                return Err(Error::InvalidArgument {
+                    name,
+                    reason: format!("expected at least 1 in each direction, found {v:?}"),
+                });
+            }
         }
         if self.padding[0] >= kh
             || self.padding[2] >= kh
@@ -53,22 +64,56 @@ impl Pool2dParams {
         {
             return Err(Error::InvalidArgument {
                 name: "pool padding",
-                reason: "padding must be smaller than the window (every window then holds a pixel)"
-                    .into(),
+                reason: format!(
+                    "expected each side smaller than the window {:?} (every window then holds a \
+                     pixel), found {:?}",
+                    self.kernel, self.padding
+                ),
             });
         }
-        let (hp, wp) = (
-            h + self.padding[0] + self.padding[2],
-            w + self.padding[1] + self.padding[3],
-        );
+        if h == 0 || w == 0 {
+            return Err(Error::ShapeMismatch {
+                what: "pool input size".into(),
+                expected: "a plane of at least 1x1 pixels (every window holds a pixel)".into(),
+                found: format!("{h}x{w}"),
+            });
+        }
+        let max = super::MAX_ELEMENTS;
+        let too_large = |what: &str| {
+            Error::Unsupported(format!(
+                "pooling of input {shape:?} padded by {:?} with window {:?}: {what} would hold \
+                 more than {max} elements",
+                self.padding, self.kernel
+            ))
+        };
+        let hp = h
+            .checked_add(self.padding[0])
+            .and_then(|v| v.checked_add(self.padding[2]));
+        let wp = w
+            .checked_add(self.padding[1])
+            .and_then(|v| v.checked_add(self.padding[3]));
+        let (Some(hp), Some(wp)) = (hp, wp) else {
+            return Err(too_large("a padded plane"));
+        };
         if hp < kh || wp < kw {
             return Err(Error::ShapeMismatch {
                 what: "pool input size".into(),
-                expected: format!("padded input at least {kh}x{kw}"),
-                found: format!("{hp}x{wp}"),
+                expected: format!("a padded input of at least {kh}x{kw} (the window)"),
+                found: format!("{hp}x{wp} (input {h}x{w} padded by {:?})", self.padding),
             });
         }
-        Ok(((hp - kh) / sh + 1, (wp - kw) / sw + 1))
+        // The window lies inside the padded plane, so its tap count is bounded by it too.
+        if hp.checked_mul(wp).is_none_or(|v| v > max) {
+            return Err(too_large("a padded plane"));
+        }
+        let (oh, ow) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
+        let out = [n, c, oh, ow]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d));
+        if out.is_none_or(|v| v > max) {
+            return Err(too_large(&format!("the output [{n}, {c}, {oh}, {ow}]")));
+        }
+        Ok((oh, ow))
     }
 }
 
@@ -105,13 +150,22 @@ fn windows(
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] for zero windows/strides or padding ≥ window; [`Error::ShapeMismatch`]
-/// if the window does not fit.
+/// if the window does not fit; [`Error::Unsupported`] if a padded plane or the output would hold
+/// more than [`super::MAX_ELEMENTS`] elements.
 pub fn max_pool2d<A: Activation8or16>(
     x: &QTensor<A, Ix4>,
     p: Pool2dParams,
 ) -> Result<QTensor<A, Ix4>> {
     let s = x.codes().shape();
-    let (oh, ow) = p.out_hw(s[2], s[3])?;
+    let (oh, ow) = p.out_hw(s)?;
+    if s[0] == 0 || s[1] == 0 {
+        // No output (and no row buffer sized by a width that only a zero-size tensor can claim).
+        return Ok(QTensor::from_codes_trusted(
+            Array4::<A>::default((s[0], s[1], oh, ow)),
+            x.formats().to_vec(),
+            x.channel_axis(),
+        ));
+    }
     let nhwc = x.codes().view().permuted_axes([0, 2, 3, 1]);
     if let (Some(xs), [0, 0, 0, 0]) = (nhwc.as_slice(), p.padding) {
         // Channels-last in memory: pool in that layout and return the same layout.
@@ -217,8 +271,11 @@ pub fn avg_pool2d<A: Activation8or16, O: Activation8or16>(
     let (lo, hi) = output.code_range::<O>()?;
     let e = output.format.frac_bits() - x.format().frac_bits();
     let s = x.codes().shape();
-    let (oh, ow) = p.out_hw(s[2], s[3])?;
+    let (oh, ow) = p.out_hw(s)?;
     let mut out = Array4::<O>::default((s[0], s[1], oh, ow));
+    if out.is_empty() {
+        return QTensor::from_codes(out, output.format);
+    }
     let xc = x.codes();
     windows(s, &p, (oh, ow), |i, (y0, y1), (x0, x1)| {
         let mut sum = 0i64;
@@ -259,7 +316,7 @@ pub fn global_avg_pool<A: Activation8or16, O: Activation8or16>(
     output: OutputStage,
 ) -> Result<QTensor<O, Ix4>> {
     let s = x.codes().shape();
-    if s[2] * s[3] == 0 {
+    if s[2].checked_mul(s[3]) == Some(0) {
         return Err(Error::Empty {
             what: "global_avg_pool input",
         });
@@ -325,7 +382,7 @@ mod pool_tests {
         max: bool,
     ) -> Vec<i64> {
         let s = t.codes().shape();
-        let (oh, ow) = p.out_hw(s[2], s[3]).unwrap();
+        let (oh, ow) = p.out_hw(s).unwrap();
         let mut r = Vec::new();
         for n in 0..s[0] {
             for c in 0..s[1] {
@@ -429,7 +486,7 @@ mod pool_tests {
         )
         .unwrap();
         assert_eq!(g.codes().shape(), &[2, 3, 1, 1]);
-        assert!(Pool2dParams::new(0, 1).out_hw(4, 4).is_err());
+        assert!(Pool2dParams::new(0, 1).out_hw(&[1, 1, 4, 4]).is_err());
         assert!(max_pool2d(&t, Pool2dParams::new(2, 1).with_padding(2)).is_err());
     }
 }
