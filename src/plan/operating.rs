@@ -208,7 +208,7 @@ pub fn refine_gains(
 /// when the allocation converged).
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] if `config.gains` is `None`; [`plan`]'s and [`measure_terms`]' errors.
+/// [`Error::InvalidArgument`] if `config.gains` is `None`; [`plan`](super::plan())'s and [`measure_terms`]' errors.
 pub fn plan_at_operating_point(
     graph: &Graph,
     calibration: &Calibration,
