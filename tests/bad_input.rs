@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{invalid, shape_mismatch};
+
 use fixq::calib::{self, Calibration};
 use fixq::eval::Dataset;
 use fixq::exec::{FixedNetwork, FloatExecutor};
@@ -43,26 +45,6 @@ fn row<T: std::fmt::Debug>(name: &str, r: fixq::Result<T>) -> Error {
             e
         }
         Ok(v) => panic!("{name}: expected an error, got Ok({v:?})"),
-    }
-}
-
-/// `(name, reason)` of an `InvalidArgument`.
-fn invalid(e: Error) -> (&'static str, String) {
-    match e {
-        Error::InvalidArgument { name, reason } => (name, reason),
-        other => panic!("expected InvalidArgument, got {other:?}"),
-    }
-}
-
-/// `(what, expected, found)` of a `ShapeMismatch`.
-fn shape_mismatch(e: Error) -> (String, String, String) {
-    match e {
-        Error::ShapeMismatch {
-            what,
-            expected,
-            found,
-        } => (what, expected, found),
-        other => panic!("expected ShapeMismatch, got {other:?}"),
     }
 }
 

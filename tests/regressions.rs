@@ -729,6 +729,7 @@ fn fixed_network_refuses_an_input_of_another_height_and_width() {
 // ---- Issue 15 item 5: the kernel API's size arithmetic (padding, dilation, stride, window) ----
 
 mod kernel_sizes {
+    use super::common::{invalid, shape_mismatch as mismatch};
     use fixq::kernels::{
         self, Conv2d, Conv2dParams, Dense, KernelChoice, MAX_ELEMENTS, MAX_EXTENT, OutputStage,
         Pool2dParams,
@@ -761,24 +762,6 @@ mod kernel_sizes {
 
     fn image(h: usize, w: usize) -> QTensor<u8, ndarray::Ix4> {
         QTensor::from_codes(Array4::<u8>::from_elem((1, 1, h, w), 3), u8f()).unwrap()
-    }
-
-    fn invalid(e: Error) -> (&'static str, String) {
-        match e {
-            Error::InvalidArgument { name, reason } => (name, reason),
-            other => panic!("expected InvalidArgument, got {other:?}"),
-        }
-    }
-
-    fn mismatch(e: Error) -> (String, String, String) {
-        match e {
-            Error::ShapeMismatch {
-                what,
-                expected,
-                found,
-            } => (what, expected, found),
-            other => panic!("expected ShapeMismatch, got {other:?}"),
-        }
     }
 
     fn unsupported(e: Error) -> String {

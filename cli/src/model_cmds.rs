@@ -31,6 +31,20 @@ pub fn save_model(model: &QuantizedModel, flag: &str, path: &Path, force: bool) 
         .map_err(|e| CliError::from_lib(format!("{flag} {}", path.display()), e))
 }
 
+/// Which images of `--data` a model runs on, and in what batches (`eval` and `run`).
+#[derive(Debug, Args)]
+pub struct Window {
+    /// Use the first N images only.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Leave out the first N images (then --limit counts from there).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub skip: usize,
+    /// Images per batch.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH)]
+    pub batch: usize,
+}
+
 /// Arguments of `fixq eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -45,15 +59,8 @@ pub struct EvalArgs {
     /// Also run the float model (ONNX) on the same images: its accuracy, speed and agreement.
     #[arg(long, value_name = "MODEL.onnx")]
     pub float: Option<PathBuf>,
-    /// Use the first N images only.
-    #[arg(long, value_name = "N")]
-    pub limit: Option<usize>,
-    /// Leave out the first N images (then --limit counts from there).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub skip: usize,
-    /// Images per batch.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH)]
-    pub batch: usize,
+    #[command(flatten)]
+    pub images: Window,
     #[command(flatten)]
     pub pre: Preprocess,
 }
@@ -66,15 +73,8 @@ pub struct RunArgs {
     /// Images (IDX, .npy or an image folder).
     #[arg(long, value_name = "DATA")]
     pub data: PathBuf,
-    /// Use the first N images only.
-    #[arg(long, value_name = "N")]
-    pub limit: Option<usize>,
-    /// Leave out the first N images (then --limit counts from there).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub skip: usize,
-    /// Images per batch.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH)]
-    pub batch: usize,
+    #[command(flatten)]
+    pub images: Window,
     /// Where to write the outputs: float32 .npy, [N, ...], C order.
     #[arg(
         short = 'o',
@@ -207,7 +207,7 @@ fn correct(logits: &ArrayD<f32>, labels: &[u8], what: &str) -> CliResult<usize> 
 
 /// `fixq eval`.
 pub fn eval(a: &EvalArgs) -> CliResult<()> {
-    check_batch(a.batch)?;
+    check_batch(a.images.batch)?;
     let model = load_model("MODEL", &a.model)?;
     let float = a
         .float
@@ -219,13 +219,15 @@ pub fn eval(a: &EvalArgs) -> CliResult<()> {
         &a.data,
         a.labels.as_deref(),
         true,
-        (a.skip, a.limit),
+        (a.images.skip, a.images.limit),
         &a.pre,
     )?;
     let labels = d.require_labels("--data", &a.data)?;
     let what = format!("--data {}", a.data.display());
     let n = d.len();
-    let (fixed, fixed_s) = run_batches(&d.images, a.batch, "fixed point", &what, |b| model.run(b))?;
+    let (fixed, fixed_s) = run_batches(&d.images, a.images.batch, "fixed point", &what, |b| {
+        model.run(b)
+    })?;
     let fixed_ok = correct(&fixed, labels, &what)?;
     let mut rows = vec![(
         format!(
@@ -239,7 +241,8 @@ pub fn eval(a: &EvalArgs) -> CliResult<()> {
     let mut agreement = None;
     if let (Some(graph), Some(path)) = (&float, &a.float) {
         let exec = fixq::FloatExecutor::new(graph);
-        let (logits, float_s) = run_batches(&d.images, a.batch, "float", &what, |b| exec.run(b))?;
+        let (logits, float_s) =
+            run_batches(&d.images, a.images.batch, "float", &what, |b| exec.run(b))?;
         if logits.shape() != fixed.shape() {
             return Err(CliError::input(
                 format!("--float {}", path.display()),
@@ -291,7 +294,7 @@ pub fn eval(a: &EvalArgs) -> CliResult<()> {
     }
     println!(
         "\none thread, batches of {}; images/s counts the model runs only (not reading the data)",
-        a.batch
+        a.images.batch
     );
     Ok(())
 }
@@ -299,11 +302,20 @@ pub fn eval(a: &EvalArgs) -> CliResult<()> {
 /// `fixq run`.
 pub fn run(a: &RunArgs) -> CliResult<()> {
     output::check_writable("-o", &a.output, a.force)?;
-    check_batch(a.batch)?;
+    check_batch(a.images.batch)?;
     let model = load_model("MODEL", &a.model)?;
-    let d = load_data(&model, &a.data, None, false, (a.skip, a.limit), &a.pre)?;
+    let d = load_data(
+        &model,
+        &a.data,
+        None,
+        false,
+        (a.images.skip, a.images.limit),
+        &a.pre,
+    )?;
     let what = format!("--data {}", a.data.display());
-    let (out, seconds) = run_batches(&d.images, a.batch, "running", &what, |b| model.run(b))?;
+    let (out, seconds) = run_batches(&d.images, a.images.batch, "running", &what, |b| {
+        model.run(b)
+    })?;
     output::write("-o", &a.output, &output::npy_bytes(&out), a.force)?;
     println!(
         "wrote {}: float32 {:?}, {} images in {:.3} s ({:.0} images/s)",

@@ -1,6 +1,28 @@
 //! Hand-encoded ONNX (protobuf) bytes for the reliability tests: small models that no exporter
-//! would write, built field by field.
+//! would write, built field by field; and the error matchers those tests share.
 #![allow(dead_code)]
+
+use fixq::Error;
+
+/// `(name, reason)` of an `InvalidArgument`.
+pub fn invalid(e: Error) -> (&'static str, String) {
+    match e {
+        Error::InvalidArgument { name, reason } => (name, reason),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+/// `(what, expected, found)` of a `ShapeMismatch`.
+pub fn shape_mismatch(e: Error) -> (String, String, String) {
+    match e {
+        Error::ShapeMismatch {
+            what,
+            expected,
+            found,
+        } => (what, expected, found),
+        other => panic!("expected ShapeMismatch, got {other:?}"),
+    }
+}
 
 /// A varint.
 pub fn varint(mut v: u64, out: &mut Vec<u8>) {
