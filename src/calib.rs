@@ -31,6 +31,7 @@ use ndarray::{ArrayD, ArrayViewD};
 use crate::dist::{Fit, FitAccumulator};
 use crate::error::{Error, Result};
 use crate::exec::FloatExecutor;
+use crate::rounding::InputMoments;
 
 /// Progress of a long calibration run, passed to the callback of [`calibrate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,12 +48,31 @@ pub struct Calibration {
     input_name: Option<String>,
     tensors: BTreeMap<String, FitAccumulator>,
     images: u64,
+    /// Whether [`Calibration::observe`] collects the weighted layers' input moments.
+    collect_inputs: bool,
+    layer_inputs: Option<InputMoments>,
 }
 
 impl Calibration {
     /// An empty calibration.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty calibration that also collects every weighted layer's input moments
+    /// ([`InputMoments`]), which error-compensating rounding and bias correction need
+    /// ([`crate::plan::PlanConfig::rounding`]). Costs `8·fan_in²` bytes per layer and a Gram product
+    /// per batch.
+    pub fn with_layer_inputs() -> Self {
+        Self {
+            collect_inputs: true,
+            ..Self::default()
+        }
+    }
+
+    /// The weighted layers' input moments, when collected ([`Calibration::with_layer_inputs`]).
+    pub fn layer_inputs(&self) -> Option<&InputMoments> {
+        self.layer_inputs.as_ref()
     }
 
     /// Runs `batch` (`[N, ...]`, the graph's input shape) through the float graph, adds the input and
@@ -77,10 +97,23 @@ impl Calibration {
         let input_name = exec.graph().input().name.clone();
         let mut local: BTreeMap<String, FitAccumulator> = BTreeMap::new();
         push(&mut local, &input_name, &batch)?;
+        let mut moments = if self.collect_inputs {
+            let mut m = InputMoments::for_graph(exec.graph())?;
+            m.push(&input_name, &batch)?;
+            Some(m)
+        } else {
+            None
+        };
         let mut failure: Option<Error> = None;
         let out = exec.run_with(batch.view(), |name, _, act| {
             if failure.is_none()
                 && let Err(e) = push(&mut local, name, act)
+            {
+                failure = Some(e);
+            }
+            if failure.is_none()
+                && let Some(m) = moments.as_mut()
+                && let Err(e) = m.push(name, act)
             {
                 failure = Some(e);
             }
@@ -90,6 +123,12 @@ impl Calibration {
         }
         for (name, acc) in local {
             self.tensors.entry(name).or_default().merge(&acc);
+        }
+        if let Some(m) = moments {
+            match self.layer_inputs.as_mut() {
+                Some(all) => all.merge(&m),
+                None => self.layer_inputs = Some(m),
+            }
         }
         self.input_name = Some(input_name);
         self.images += n as u64;
@@ -102,6 +141,12 @@ impl Calibration {
             self.tensors.entry(name.clone()).or_default().merge(acc);
         }
         self.images += other.images;
+        match (self.layer_inputs.as_mut(), other.layer_inputs.as_ref()) {
+            (Some(a), Some(b)) => a.merge(b),
+            (None, Some(b)) => self.layer_inputs = Some(b.clone()),
+            _ => {}
+        }
+        self.collect_inputs |= other.collect_inputs;
         if self.input_name.is_none() {
             self.input_name.clone_from(&other.input_name);
         }
@@ -163,7 +208,20 @@ fn push(
 ///
 /// # Errors
 /// As [`Calibration::observe`]; [`Error::Empty`] if the iterator yields no batch.
-pub fn calibrate<'a, I, P>(
+pub fn calibrate<'a, I, P>(exec: &FloatExecutor<'_>, batches: I, progress: P) -> Result<Calibration>
+where
+    I: IntoIterator<Item = ArrayViewD<'a, f32>>,
+    P: FnMut(Progress),
+{
+    calibrate_with(Calibration::new(), exec, batches, progress)
+}
+
+/// As [`calibrate`], adding to `start` (for example [`Calibration::with_layer_inputs`]).
+///
+/// # Errors
+/// As [`calibrate`].
+pub fn calibrate_with<'a, I, P>(
+    start: Calibration,
     exec: &FloatExecutor<'_>,
     batches: I,
     mut progress: P,
@@ -172,7 +230,7 @@ where
     I: IntoIterator<Item = ArrayViewD<'a, f32>>,
     P: FnMut(Progress),
 {
-    let mut cal = Calibration::new();
+    let mut cal = start;
     let mut batches_done = 0;
     for batch in batches {
         cal.observe(exec, batch)?;

@@ -233,7 +233,70 @@ pub fn evaluate(
     reference: &FloatReference,
     batch: usize,
 ) -> Result<Evaluation> {
-    let net = FixedNetwork::new(graph, plan)?;
+    evaluate_inner(graph, None, plan, data, reference, batch)
+}
+
+/// As [`evaluate`], for a plan whose weights were put on the grid by its own rounding
+/// ([`plan::rounded_graph`]): the network runs `rounded`'s weights and biases, and each weight
+/// tensor and each term is measured against `graph`'s float weights.
+///
+/// # Errors
+/// As [`evaluate`]; [`Error::InvalidArgument`] if `rounded` does not have `graph`'s layers.
+pub fn evaluate_rounded(
+    graph: &Graph,
+    rounded: &Graph,
+    plan: &QuantPlan,
+    data: &Dataset,
+    reference: &FloatReference,
+    batch: usize,
+) -> Result<Evaluation> {
+    evaluate_inner(graph, Some(rounded), plan, data, reference, batch)
+}
+
+/// The rounded layers of `rounded` relative to `graph`'s: the weights and the bias change.
+fn rounded_layers(
+    layers: &[plan::LayerWeights],
+    rounded: &Graph,
+) -> Result<Vec<crate::rounding::RoundedLayer>> {
+    let other = plan::layer_weights(rounded)?;
+    let (found, want) = (other.len(), layers.len());
+    let mismatch = || Error::InvalidArgument {
+        name: "rounded",
+        reason: format!(
+            "the rounded graph's {found} weighted layers are not the graph's {want} (same nodes, shapes and biases)"
+        ),
+    };
+    if other.len() != layers.len() {
+        return Err(mismatch());
+    }
+    layers
+        .iter()
+        .zip(other)
+        .map(|(lw, lr)| {
+            if lw.node != lr.node
+                || lw.matrix.dim() != lr.matrix.dim()
+                || lw.bias.len() != lr.bias.len()
+            {
+                return Err(mismatch());
+            }
+            let delta: Vec<f32> = lr.bias.iter().zip(&lw.bias).map(|(a, b)| a - b).collect();
+            Ok(crate::rounding::RoundedLayer {
+                matrix: lr.matrix,
+                bias_delta: delta.iter().any(|&d| d != 0.0).then_some(delta),
+            })
+        })
+        .collect()
+}
+
+fn evaluate_inner(
+    graph: &Graph,
+    rounded: Option<&Graph>,
+    plan: &QuantPlan,
+    data: &Dataset,
+    reference: &FloatReference,
+    batch: usize,
+) -> Result<Evaluation> {
+    let net = FixedNetwork::new(rounded.unwrap_or(graph), plan)?;
     let mut outs = Vec::new();
     for b in data.batches(batch) {
         outs.push(net.run(b)?);
@@ -294,7 +357,14 @@ pub fn evaluate(
             alone_output_db: f64::NAN,
         });
     }
-    let alone = plan::measure_terms(graph, plan, probe_in.view())?;
+    let rounded_layers = rounded.map(|r| rounded_layers(&layers, r)).transpose()?;
+    let alone = plan::measure_terms_rounded(
+        graph,
+        plan,
+        probe_in.view(),
+        plan::Sensitivity::Forward,
+        rounded_layers.as_deref(),
+    )?;
     for t in tensors.iter_mut() {
         let weights = t.kind == "weights";
         if let Some(m) = alone

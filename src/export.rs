@@ -791,14 +791,8 @@ mod tests {
         let m = export(model.graph(), model.network()).unwrap();
         // 16-bit output: INT16 QDQ needs opset 21 (IR 10).
         assert_eq!((m.opset, m.ir_version), (21, 10));
-        // (fc2 has no bias; the export adds one only where it carries the half step, Eq. 5.)
-        let ops: Vec<&str> = m
-            .graph
-            .nodes
-            .iter()
-            .filter(|n| n.name != "fc2_bias_DequantizeLinear")
-            .map(|n| n.op_type.as_str())
-            .collect();
+        // (fc2 has no bias in the model; bias correction gives it one, `fc2.corrected_bias`.)
+        let ops: Vec<&str> = m.graph.nodes.iter().map(|n| n.op_type.as_str()).collect();
         assert_eq!(
             ops,
             [
@@ -811,6 +805,7 @@ mod tests {
                 "QuantizeLinear",
                 "DequantizeLinear",
                 "DequantizeLinear", // w2
+                "DequantizeLinear", // fc2's corrected bias
                 "Gemm",
                 "QuantizeLinear", // y, 16 bits
                 "DequantizeLinear",
@@ -831,8 +826,17 @@ mod tests {
                 .find(|t| t.name == name)
                 .unwrap()
         };
-        // Mid-rise weights at <= 3 bits have odd codes within -7..=7: INT4.
-        assert_eq!(init("w1_quantized").data_type, dt::INT4);
+        // Mid-rise weights at <= 3 bits have odd codes within -7..=7 (INT4), at 4..=7 bits
+        // within -127..=127 (INT8); mid-tread at <= 4 bits fit INT4.
+        let wp1 = model.plan().require_weight("fc1").unwrap();
+        let formats: Vec<_> = (0..6).map(|c| wp1.format_of_channel(c)).collect();
+        let nibbles = formats.iter().all(|f| match f.grid() {
+            crate::fixed::Grid::MidRise => f.bits() <= 3,
+            crate::fixed::Grid::MidTread => f.bits() <= 4,
+        });
+        assert!(formats.iter().all(|f| f.bits() <= 7), "{formats:?}");
+        let want = if nibbles { dt::INT4 } else { dt::INT8 };
+        assert_eq!(init("w1_quantized").data_type, want, "{formats:?}");
         assert_eq!(init("w1_quantized").dims, [6, 8]);
         assert_eq!(init("b1_quantized").data_type, dt::INT32);
         assert_eq!(init("y_zero_point").data_type, dt::INT16);
@@ -841,12 +845,15 @@ mod tests {
         let w = &model.network().weights()[0].codes;
         let fixq_w = w.dequantize();
         let t = init("w1_quantized");
-        let codes: Vec<i64> = t
-            .raw
-            .iter()
-            .flat_map(|&b| [i64::from(b & 0xf), i64::from(b >> 4)])
-            .map(|c| if c > 7 { c - 16 } else { c })
-            .collect();
+        let codes: Vec<i64> = if nibbles {
+            t.raw
+                .iter()
+                .flat_map(|&b| [i64::from(b & 0xf), i64::from(b >> 4)])
+                .map(|c| if c > 7 { c - 16 } else { c })
+                .collect()
+        } else {
+            t.raw.iter().map(|&b| i64::from(b as i8)).collect()
+        };
         let s = init("w1_scale");
         let scales: Vec<f32> = s
             .raw

@@ -66,6 +66,7 @@ pub mod pack;
 pub mod plan;
 pub mod quant_plan;
 pub mod quantize;
+pub mod rounding;
 pub mod sqnr;
 pub mod table;
 #[cfg(feature = "proptest")]

@@ -56,6 +56,7 @@ mod sensitivity;
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
+pub(crate) use operating::measure_terms_rounded;
 pub use operating::{
     TermMeasure, measure_terms, measure_terms_with, plan_at_operating_point, refine_gains,
 };
@@ -73,6 +74,7 @@ use crate::graph::Graph;
 pub use crate::graph::activation_points;
 pub(crate) use crate::graph::{LayerWeights, layer_weights, matrix_to_shape};
 pub use crate::quant_plan::{ActivationPlan, QuantPlan, WeightPlan};
+use crate::rounding::{LayerRounder, WeightRounding};
 use crate::sqnr;
 
 /// Whether weights get one format per tensor or one per output channel.
@@ -147,6 +149,14 @@ pub struct PlanConfig {
     pub gains: Option<NoiseGains>,
     /// How [`plan_at_operating_point`] measures each term at the plan's formats.
     pub sensitivity: Sensitivity,
+    /// Which grid point each weight goes to ([`crate::rounding`]). With
+    /// [`WeightRounding::Gptq`] every candidate width's curve is measured after that rounding, and
+    /// the calibration must hold the layers' input moments ([`Calibration::with_layer_inputs`]).
+    /// The plan holds formats only: build the network from [`crate::rounding::apply`]'s graph.
+    pub rounding: WeightRounding,
+    /// Remove each output channel's mean rounding shift through its bias ([`crate::rounding`]);
+    /// needs the input moments like `rounding`.
+    pub bias_correction: bool,
 }
 
 impl PlanConfig {
@@ -167,6 +177,8 @@ impl PlanConfig {
             curve: CurveSource::Measured,
             gains: None,
             sensitivity: Sensitivity::Auto,
+            rounding: WeightRounding::Nearest,
+            bias_correction: false,
         }
     }
 
@@ -526,7 +538,34 @@ fn step_format(
 /// weights or activations; the allocator's errors (notably [`Error::Infeasible`], naming the nearest
 /// feasible budget).
 pub fn plan(graph: &Graph, calibration: &Calibration, config: &PlanConfig) -> Result<QuantPlan> {
-    plan_with_noise(graph, calibration, config, &weight_noise(graph, config)?)
+    plan_with_noise(
+        graph,
+        calibration,
+        config,
+        &weight_noise(graph, calibration, config)?,
+    )
+}
+
+/// `graph` with its weights rounded onto `plan`'s grids as `config` says ([`PlanConfig::rounding`],
+/// [`PlanConfig::bias_correction`]) — the graph to build the fixed-point network from
+/// ([`crate::rounding::apply`] with the calibration's input moments). With nearest rounding and no
+/// bias correction this changes only the weights' values, not the codes the network runs.
+///
+/// # Errors
+/// As [`crate::rounding::apply`].
+pub fn rounded_graph(
+    graph: &Graph,
+    plan: &QuantPlan,
+    calibration: &Calibration,
+    config: &PlanConfig,
+) -> Result<Graph> {
+    crate::rounding::apply(
+        graph,
+        plan,
+        calibration.layer_inputs(),
+        config.rounding,
+        config.bias_correction,
+    )
 }
 
 /// [`plan`] with the weight options' gain-independent half already computed (by [`weight_noise`]
@@ -639,6 +678,14 @@ struct GroupNoise {
 enum NoiseParts {
     Predicted(f64),
     Split(NoiseSplit),
+    /// Rounded from the layer's inputs ([`crate::rounding`]): round to nearest's split at the
+    /// same format scaled by `ratio`, the rounding's output error power over nearest's, and the
+    /// rounded weights' own error `own` (relative to the group's energy).
+    Rounded {
+        split: NoiseSplit,
+        ratio: f64,
+        own: f64,
+    },
 }
 
 /// The gain-independent half of every layer's weight options: the formats and errors of each width,
@@ -650,18 +697,68 @@ pub(crate) struct WeightNoise {
 }
 
 /// [`WeightNoise`] of every weighted layer of `graph` under `config`.
-pub(crate) fn weight_noise(graph: &Graph, config: &PlanConfig) -> Result<WeightNoise> {
+pub(crate) fn weight_noise(
+    graph: &Graph,
+    calibration: &Calibration,
+    config: &PlanConfig,
+) -> Result<WeightNoise> {
     validate_config(config)?;
     let layers = layer_weights(graph)?;
     Ok(WeightNoise {
         layers: layers
             .iter()
-            .map(|lw| layer_noise(lw, config))
+            .map(|lw| {
+                let rounder = LayerRounder::new(
+                    lw,
+                    graph,
+                    calibration.layer_inputs(),
+                    config.rounding,
+                    config.bias_correction,
+                )?;
+                layer_noise(lw, config, &rounder)
+            })
             .collect::<Result<_>>()?,
     })
 }
 
-fn layer_noise(lw: &LayerWeights, config: &PlanConfig) -> Result<Vec<GroupNoise>> {
+/// Every row's error after `rounder`'s rounding, row `r` at `format_of_row(r)`: (output error
+/// power, own error energy Σ(q − w)²). Without feedback (round to nearest with bias correction)
+/// the power is `nearest[r]`; with bias correction, less the mean shift it removes.
+fn rounded_errors(
+    lw: &LayerWeights,
+    rounder: &LayerRounder<'_>,
+    format_of_row: &dyn Fn(usize) -> QFormat,
+    nearest: &[f64],
+) -> Vec<(f64, f64)> {
+    let (q, powers) = rounder.round_all(format_of_row);
+    let k = lw.matrix.ncols();
+    lw.matrix
+        .axis_iter(Axis(0))
+        .zip(q.chunks_exact(k.max(1)))
+        .enumerate()
+        .map(|(r, (w, qr))| {
+            let e: Vec<f64> = qr
+                .iter()
+                .zip(w.iter())
+                .map(|(a, b)| f64::from(*a) - f64::from(*b))
+                .collect();
+            let own = e.iter().map(|v| v * v).sum::<f64>();
+            let p = powers.as_ref().map_or(nearest[r], |p| p[r]);
+            let p = if rounder.corrects_bias() {
+                (p - rounder.mean_shift(r, &e).powi(2)).max(0.0)
+            } else {
+                p
+            };
+            (p, own)
+        })
+        .collect()
+}
+
+fn layer_noise(
+    lw: &LayerWeights,
+    config: &PlanConfig,
+    rounder: &LayerRounder<'_>,
+) -> Result<Vec<GroupNoise>> {
     let (bmin, bmax) = (*config.weight_bits.start(), *config.weight_bits.end());
     let row_len = lw.matrix.ncols();
     let groups: Vec<Vec<f32>> = match config.granularity {
@@ -682,25 +779,113 @@ fn layer_noise(lw: &LayerWeights, config: &PlanConfig) -> Result<Vec<GroupNoise>
         });
     }
     let total_energy: f64 = lw.matrix.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-    let mut out = Vec::with_capacity(groups.len());
+    let measured_rounding = (rounder.feedback() || rounder.corrects_bias())
+        && rounder.has_moments()
+        && !matches!(config.curve, CurveSource::Predicted);
+    let group_of_row = |r: usize| match config.granularity {
+        Granularity::PerTensor => 0,
+        Granularity::PerChannel => r,
+    };
+    // Per group: its fit, energy and each width's format by the step rule.
+    let mut base = Vec::with_capacity(groups.len());
     for data in &groups {
         let fit = dist::fit(data).map_err(|e| with_tensor(e, &lw.weight_name))?;
         let energy: f64 = data.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-        let mut widths = Vec::new();
-        for bits in bmin..=bmax {
-            let format = step_format(
-                config.weight_step,
-                &fit,
-                Some(data),
-                bits,
-                true,
-                config.weight_grid,
-            )?;
-            let parts = match config.curve {
-                CurveSource::Predicted => {
-                    NoiseParts::Predicted(sqnr::db_to_linear(-sqnr::predict_db(&fit, format)?))
+        let formats = (bmin..=bmax)
+            .map(|bits| {
+                step_format(
+                    config.weight_step,
+                    &fit,
+                    Some(data),
+                    bits,
+                    true,
+                    config.weight_grid,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        base.push((fit, energy, formats));
+    }
+    // Round to nearest's output error power per row at each width's rule format (the reference
+    // the rounding's ratio is taken against), all rows in one product per width.
+    let nearest_power: Vec<Vec<f64>> = if measured_rounding {
+        (0..base.first().map_or(0, |b| b.2.len()))
+            .map(|wi| rounder.nearest_powers(&|r| base[group_of_row(r)].2[wi]))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // Per width and group: the rounded candidate with the least output error, as (format, output
+    // error power, own error energy). With feedback the candidates are the rule's step and its two
+    // neighbours (clipping costs less when its error is fed back); all rows are rounded together.
+    let ncand = if rounder.feedback() { 3 } else { 1 };
+    let mut choice: Vec<Vec<(QFormat, f64, f64)>> = Vec::new();
+    if measured_rounding {
+        for (wi, near) in nearest_power.iter().enumerate() {
+            let mut best: Vec<Option<(QFormat, f64, f64)>> = vec![None; groups.len()];
+            for c in 0..ncand {
+                let cand = |r: usize| {
+                    let f = base[group_of_row(r)].2[wi];
+                    match c {
+                        0 => f,
+                        1 => QFormat::new(f.bits(), f.frac_bits() + 1, true, f.grid()).unwrap_or(f),
+                        _ => QFormat::new(f.bits(), f.frac_bits() - 1, true, f.grid()).unwrap_or(f),
+                    }
+                };
+                let per_row = rounded_errors(lw, rounder, &cand, near);
+                let mut sums = vec![(0f64, 0f64); groups.len()];
+                for (r, (p, o)) in per_row.into_iter().enumerate() {
+                    let s = &mut sums[group_of_row(r)];
+                    s.0 += p;
+                    s.1 += o;
                 }
-                _ => NoiseParts::Split(noise_split(data, format, row_len)?),
+                for (g, (p, o)) in sums.into_iter().enumerate() {
+                    let f = cand(match config.granularity {
+                        Granularity::PerTensor => 0,
+                        Granularity::PerChannel => g,
+                    });
+                    if best[g].is_none_or(|b| p < b.1) {
+                        best[g] = Some((f, p, o));
+                    }
+                }
+            }
+            choice.push(
+                best.into_iter()
+                    .zip(&base)
+                    .map(|(b, (_, _, fs))| b.unwrap_or((fs[wi], 0.0, 0.0)))
+                    .collect(),
+            );
+        }
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for (gi, (data, (fit, energy, formats))) in groups.iter().zip(&base).enumerate() {
+        let rows = match config.granularity {
+            Granularity::PerTensor => 0..lw.matrix.nrows(),
+            Granularity::PerChannel => gi..gi + 1,
+        };
+        let mut widths = Vec::new();
+        for (wi, &format) in formats.iter().enumerate() {
+            let (format, parts) = match config.curve {
+                CurveSource::Predicted => (
+                    format,
+                    NoiseParts::Predicted(sqnr::db_to_linear(-sqnr::predict_db(fit, format)?)),
+                ),
+                _ if measured_rounding => {
+                    let near: f64 = rows.clone().map(|r| nearest_power[wi][r]).sum();
+                    let (chosen, power, own) = choice[wi][gi];
+                    let ratio = if near > 0.0 { power / near } else { 0.0 };
+                    (
+                        chosen,
+                        NoiseParts::Rounded {
+                            split: noise_split(data, format, row_len)?,
+                            ratio,
+                            own: own / energy.max(f64::MIN_POSITIVE),
+                        },
+                    )
+                }
+                _ => (
+                    format,
+                    NoiseParts::Split(noise_split(data, format, row_len)?),
+                ),
             };
             widths.push((format, parts));
         }
@@ -741,6 +926,16 @@ fn weight_options(
                 NoiseParts::Split(n) => (
                     share * (n.coherent + n.offset + n.incoherent),
                     share * (n.coherent * gains.1 + n.offset * gains.2 + n.incoherent * gains.0),
+                ),
+                NoiseParts::Rounded {
+                    split: n,
+                    ratio,
+                    own,
+                } => (
+                    share * own,
+                    share
+                        * ratio
+                        * (n.coherent * gains.1 + n.offset * gains.2 + n.incoherent * gains.0),
                 ),
             };
             values.push(match config.curve {

@@ -55,13 +55,14 @@ use std::ops::RangeInclusive;
 use ndarray::{ArrayD, ArrayViewD, Axis};
 
 use crate::alloc::Budget;
-use crate::calib::calibrate;
+use crate::calib::{Calibration, calibrate_with};
 use crate::error::{Error, Result};
 use crate::exec::{FixedNetwork, FloatExecutor};
 use crate::fixed::{Grid, QFormat};
 use crate::graph::{Graph, layer_weights, matrix_to_shape};
 use crate::plan::{self, Granularity, PlanConfig};
 use crate::quant_plan::QuantPlan;
+use crate::rounding::WeightRounding;
 use crate::sqnr;
 
 /// How [`quantize`] quantizes. The default is fixq's recommended method, the one the README's tables
@@ -93,7 +94,19 @@ pub struct QuantizeOptions {
     pub batch: usize,
     /// Seed of the noise injected to measure gains.
     pub seed: u64,
+    /// Which grid point each weight goes to ([`crate::rounding`]): error-compensating rounding
+    /// from the calibration inputs by default (with feature `gptq`, else round to nearest).
+    pub rounding: WeightRounding,
+    /// Correct each output channel's bias for the mean shift its rounding causes.
+    pub bias_correction: bool,
 }
+
+/// The default rounding: GPTQ-style where the crate has it.
+const DEFAULT_ROUNDING: WeightRounding = if cfg!(feature = "gptq") {
+    WeightRounding::Gptq
+} else {
+    WeightRounding::Nearest
+};
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
@@ -108,6 +121,8 @@ impl Default for QuantizeOptions {
             operating_point_rounds: 3,
             batch: 100,
             seed: 7,
+            rounding: DEFAULT_ROUNDING,
+            bias_correction: true,
         }
     }
 }
@@ -140,6 +155,8 @@ impl QuantizeOptions {
             weight_bits: self.weight_bits.clone(),
             activation_bits: self.activation_bits,
             output_bits: self.output_bits,
+            rounding: self.rounding,
+            bias_correction: self.bias_correction,
             ..PlanConfig::fixq(budget)
         }
     }
@@ -169,8 +186,9 @@ pub enum Stage {
 /// layout in `docs/format.md`).
 #[derive(Debug, Clone)]
 pub struct QuantizedModel {
-    /// The graph the network was built from: its topology, biases and other constants go into the
-    /// model file (its weights go as the network's codes).
+    /// The graph the network was built from (weights on their grids after rounding, biases
+    /// corrected): its topology, biases and other constants go into the model file (its weights go
+    /// as the network's codes).
     graph: Graph,
     plan: QuantPlan,
     network: FixedNetwork,
@@ -261,7 +279,12 @@ pub fn quantize_with_progress(
     let batches = images
         .axis_chunks_iter(Axis(0), options.batch)
         .collect::<Vec<_>>();
-    let calibration = calibrate(&exec, batches, |p| {
+    let start = if options.rounding != WeightRounding::Nearest || options.bias_correction {
+        Calibration::with_layer_inputs()
+    } else {
+        Calibration::new()
+    };
+    let calibration = calibrate_with(start, &exec, batches, |p| {
         progress(Stage::Calibrating {
             done: p.images_done,
             total,
@@ -281,10 +304,11 @@ pub fn quantize_with_progress(
         options.operating_point_rounds,
     )?;
     progress(Stage::Measuring);
-    let network = FixedNetwork::new(graph, &plan)?;
+    let rounded = plan::rounded_graph(graph, &plan, &calibration, &config)?;
+    let network = FixedNetwork::new(&rounded, &plan)?;
     let report = measure(graph, &plan, &network, probe)?;
     Ok(QuantizedModel {
-        graph: graph.clone(),
+        graph: rounded,
         plan,
         network,
         report,
@@ -314,8 +338,10 @@ impl QuantizedModel {
     pub fn run(&self, input: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         self.network.run(input)
     }
-    /// The float graph the model was quantized from: its topology and float weights (in a model
-    /// loaded from a `.fixq` file, the weights are the dequantized codes).
+    /// The graph the network runs: the float graph's topology, its weights as the dequantized codes
+    /// (after [`QuantizeOptions::rounding`]) and its biases as corrected
+    /// ([`QuantizeOptions::bias_correction`]) — so in a quantized model and in one loaded from a
+    /// `.fixq` file alike.
     pub fn graph(&self) -> &Graph {
         &self.graph
     }

@@ -22,6 +22,7 @@ const LAYERS: &[&str] = &[
     "quant_plan",
     "pack",
     "exec",
+    "rounding",
     "calib",
     "plan",
     "eval",

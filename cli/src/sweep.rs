@@ -198,9 +198,13 @@ pub fn run(args: &SweepArgs) -> CliResult<()> {
     let options = QuantizeOptions::default();
     let total = calib.shape()[0] as u64;
     let pb = progress::bar(Some(total), "calibrating");
-    let cal = fixq::calib::calibrate(&exec, calib.axis_chunks_iter(Axis(0), options.batch), |p| {
-        pb.set_position(p.images_done)
-    })
+    // With the layers' input moments: fixq's configurations round with GPTQ and correct biases.
+    let cal = fixq::calib::calibrate_with(
+        fixq::calib::Calibration::with_layer_inputs(),
+        &exec,
+        calib.axis_chunks_iter(Axis(0), options.batch),
+        |p| pb.set_position(p.images_done),
+    )
     .map_err(calib_err)?;
     pb.finish();
     let sensitivity = options.sensitivity_probe(calib.view());
@@ -264,7 +268,11 @@ pub fn run(args: &SweepArgs) -> CliResult<()> {
         {
             continue;
         }
-        let e = eval::evaluate(&graph, &p, &test, &reference, BATCH).map_err(data_err)?;
+        // The weights as the plan's rounding put them on the grid (nearest for equal and paper).
+        let rounded = plan::rounded_graph(&graph, &p, &cal, &cfg)
+            .map_err(|e| CliError::failure(format!("{method} at {budget} bits"), e))?;
+        let e = eval::evaluate_rounded(&graph, &rounded, &p, &test, &reference, BATCH)
+            .map_err(data_err)?;
         rows.push(Row { method, e });
     }
     pb.finish_and_clear();

@@ -137,7 +137,7 @@ fn sweep_on_the_digits_cnn_prints_the_table_and_writes_an_svg() {
             ("fixq", "2.000"),
             ("fixq", "3.967"),
             ("fixq-pc", "2.000"),
-            ("fixq-pc", "3.999"),
+            ("fixq-pc", "4.000"),
         ],
         "{out}"
     );
@@ -152,23 +152,24 @@ fn sweep_on_the_digits_cnn_prints_the_table_and_writes_an_svg() {
             ["0.1087", "31.87"],
             ["0.0216", "-3.03"],
             ["0.0486", "0.66"],
-            ["0.0272", "0.37"],
-            ["0.0539", "16.22"],
-            ["0.0272", "8.14"],
-            ["0.0543", "20.01"],
+            ["0.0272", "9.56"],
+            ["0.0539", "29.12"],
+            ["0.0272", "19.19"],
+            ["0.0543", "29.38"],
         ],
         "{out}"
     );
     // Accuracy on the first 200 test images (one image is 0.5 points): float, equal 8-bit and fixq
     // per channel at 4 bits within 1.5 points of it, per tensor at 3.967 bits within 2.5 (on all
-    // 450 images: 0.22, 0.67 and 1.33 points below float, docs/reproduction.md).
+    // 450 images: 0.22 below, 0.22 above and 0.22 below float, docs/reproduction.md), and per
+    // channel at 2 bits within 1.5 (0.44 below on all 450).
     let float: f64 = out
         .lines()
         .find_map(|l| l.strip_prefix("float accuracy "))
         .and_then(|l| l.trim_end_matches(" %").parse().ok())
         .unwrap_or_else(|| panic!("no float accuracy: {out}"));
     assert!((97.0..=100.0).contains(&float), "float {float}");
-    for (k, points) in [(1, 1.5), (7, 1.5), (5, 2.5)] {
+    for (k, points) in [(1, 1.5), (7, 1.5), (5, 2.5), (6, 1.5)] {
         let a: f64 = rows[k][3].parse().unwrap();
         assert!(
             (a - float).abs() <= points,

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::exec::FloatExecutor;
 use crate::fixed::NearestLevel;
 use crate::graph::Graph;
+use crate::rounding::{RoundedLayer, WeightRounding, round_layers};
 use crate::sqnr;
 
 /// One Eq. 9 term measured alone.
@@ -75,20 +76,62 @@ pub fn measure_terms_with(
     probe: ArrayViewD<'_, f32>,
     method: Sensitivity,
 ) -> Result<Vec<TermMeasure>> {
+    measure_terms_rounded(graph, plan, probe, method, None)
+}
+
+/// As [`measure_terms_with`], each weight tensor taken as `rounded` gives it (in
+/// `layer_weights` order; `None`: round to nearest), bias change included.
+pub(crate) fn measure_terms_rounded(
+    graph: &Graph,
+    plan: &QuantPlan,
+    probe: ArrayViewD<'_, f32>,
+    method: Sensitivity,
+    rounded: Option<&[RoundedLayer]>,
+) -> Result<Vec<TermMeasure>> {
     match method {
-        Sensitivity::Backward => super::sensitivity::terms_backward(graph, plan, probe),
-        Sensitivity::Auto => match super::sensitivity::terms_backward(graph, plan, probe.view()) {
-            Err(Error::Unsupported(_)) => measure_terms_forward(graph, plan, probe),
-            other => other,
-        },
-        Sensitivity::Forward => measure_terms_forward(graph, plan, probe),
+        Sensitivity::Backward => super::sensitivity::terms_backward(graph, plan, probe, rounded),
+        Sensitivity::Auto => {
+            match super::sensitivity::terms_backward(graph, plan, probe.view(), rounded) {
+                Err(Error::Unsupported(_)) => measure_terms_forward(graph, plan, probe, rounded),
+                other => other,
+            }
+        }
+        Sensitivity::Forward => measure_terms_forward(graph, plan, probe, rounded),
     }
+}
+
+/// Layer `index`'s weights under `plan` as the network will run them: `rounded`'s, or rounded to
+/// nearest; and the bias change, if any.
+pub(super) fn layer_values(
+    lw: &super::LayerWeights,
+    wp: &crate::quant_plan::WeightPlan,
+    index: usize,
+    rounded: Option<&[RoundedLayer]>,
+) -> Result<(ndarray::Array2<f32>, Option<Vec<f32>>)> {
+    if let Some(r) = rounded {
+        let r = r.get(index).ok_or_else(|| Error::Internal {
+            reason: format!("no rounded weights for layer {index} ('{}')", lw.node),
+        })?;
+        if r.matrix.dim() != lw.matrix.dim() {
+            return Err(Error::Internal {
+                reason: format!("rounded weights of '{}' have another shape", lw.node),
+            });
+        }
+        return Ok((r.matrix.clone(), r.bias_delta.clone()));
+    }
+    let mut m = lw.matrix.clone();
+    for (c, mut row) in m.outer_iter_mut().enumerate() {
+        let l = NearestLevel::new(wp.format_of_channel(c));
+        row.mapv_inplace(|v| l.fake_f32(v));
+    }
+    Ok((m, None))
 }
 
 fn measure_terms_forward(
     graph: &Graph,
     plan: &QuantPlan,
     probe: ArrayViewD<'_, f32>,
+    rounded: Option<&[RoundedLayer]>,
 ) -> Result<Vec<TermMeasure>> {
     let exec = FloatExecutor::new(graph);
     let clean = exec.run(probe.view())?;
@@ -99,7 +142,7 @@ fn measure_terms_forward(
         Ok(sqnr::measure_db(&clean_s, &o)?.min(sqnr::CURVE_CAP_DB))
     };
     let mut out = Vec::new();
-    for lw in layer_weights(graph)? {
+    for (li, lw) in layer_weights(graph)?.into_iter().enumerate() {
         let wp = plan.require_weight(&lw.node)?;
         let rows = lw.matrix.nrows();
         if wp.formats.len() != 1 && wp.formats.len() != rows {
@@ -112,11 +155,7 @@ fn measure_terms_forward(
                 ),
             });
         }
-        let mut m = lw.matrix.clone();
-        for (c, mut row) in m.outer_iter_mut().enumerate() {
-            let l = NearestLevel::new(wp.format_of_channel(c));
-            row.mapv_inplace(|v| l.fake_f32(v));
-        }
+        let (m, bias_delta) = layer_values(&lw, wp, li, rounded)?;
         let q = matrix_to_shape(&m, &lw.shape)?;
         let q = if lw.stored_transposed {
             q.t().as_standard_layout().into_owned()
@@ -125,6 +164,17 @@ fn measure_terms_forward(
         };
         let mut g = graph.clone();
         g.set_initializer(&lw.weight_name, q)?;
+        // A corrected bias, where the node has one of its own (a node without a bias gets one
+        // only in the final graph; here its term is measured without the correction).
+        let bias_name = graph.nodes()[lw.node_index].inputs.get(2);
+        if let (Some(d), Some(name)) = (bias_delta, bias_name)
+            && let Some(b) = graph.initializer(name)
+            && b.len() == d.len()
+        {
+            let mut nb = b.clone();
+            nb.iter_mut().zip(&d).for_each(|(v, dv)| *v += dv);
+            g.set_initializer(name, nb)?;
+        }
         out.push(TermMeasure {
             name: lw.node.clone(),
             weights: true,
@@ -223,10 +273,28 @@ pub fn plan_at_operating_point(
         });
     };
     // The formats and errors of every width do not depend on the gains: computed once.
-    let noise = weight_noise(graph, config)?;
+    let noise = weight_noise(graph, calibration, config)?;
     let mut p = plan_with_noise(graph, calibration, config, &noise)?;
+    let rounds_weights = config.rounding != WeightRounding::Nearest || config.bias_correction;
     for _ in 0..rounds {
-        let terms = measure_terms_with(graph, &p, probe.view(), config.sensitivity)?;
+        let rounded = if rounds_weights {
+            Some(round_layers(
+                graph,
+                &p,
+                calibration.layer_inputs(),
+                config.rounding,
+                config.bias_correction,
+            )?)
+        } else {
+            None
+        };
+        let terms = measure_terms_rounded(
+            graph,
+            &p,
+            probe.view(),
+            config.sensitivity,
+            rounded.as_deref(),
+        )?;
         gains = refine_gains(&gains, &p, &terms)?;
         let cfg = config.clone().with_gains(gains.clone());
         let next = plan_with_noise(graph, calibration, &cfg, &noise)?;

@@ -64,6 +64,8 @@ enum Site {
         node: usize,
         input: usize,
         d: ArrayD<f32>,
+        /// A bias change per output channel (axis 1 of the node's output), if any.
+        db: Option<Vec<f32>>,
     },
     /// Independent noise at [`GAIN_PROBE_DB`] on the non-zero entries of a tensor (`None`: the
     /// graph input; `Some(i)`: the output of node i), its expectation taken exactly.
@@ -106,8 +108,17 @@ fn output_noise(
 /// The tensor-level change a site makes (`None` for activation noise, taken in expectation).
 fn delta(exec: &FloatExecutor<'_>, tape: &Tape, site: &Site) -> Result<Option<ArrayD<f32>>> {
     Ok(match site {
-        Site::Weight { node, input, d } => {
-            Some(exec.weight_delta(tape, *node, *input, d.view())?)
+        Site::Weight { node, input, d, db } => {
+            let mut out = exec.weight_delta(tape, *node, *input, d.view())?;
+            if let Some(db) = db
+                && out.ndim() >= 2
+                && out.shape()[1] == db.len()
+            {
+                for (c, mut lane) in out.axis_iter_mut(Axis(1)).enumerate() {
+                    lane.mapv_inplace(|v| v + db[c]);
+                }
+            }
+            Some(out)
         }
         Site::ActivationNoise(_) => None,
         Site::ActivationFormat(t, f) => {
@@ -324,6 +335,7 @@ pub(super) fn gains_backward(
                 node: lw.node_index,
                 input,
                 d,
+                db: None,
             });
         }
     }
@@ -371,11 +383,12 @@ pub(super) fn terms_backward(
     graph: &Graph,
     plan: &QuantPlan,
     probe: ArrayViewD<'_, f32>,
+    rounded: Option<&[crate::rounding::RoundedLayer]>,
 ) -> Result<Vec<TermMeasure>> {
     let layers = layer_weights(graph)?;
     let mut sites = Vec::new();
     let mut names = Vec::new();
-    for lw in &layers {
+    for (li, lw) in layers.iter().enumerate() {
         let wp = plan.require_weight(&lw.node)?;
         let rows = lw.matrix.nrows();
         if wp.formats.len() != 1 && wp.formats.len() != rows {
@@ -388,12 +401,8 @@ pub(super) fn terms_backward(
                 ),
             });
         }
-        let mut m = lw.matrix.clone();
-        for (c, mut row) in m.outer_iter_mut().enumerate() {
-            let f = wp.format_of_channel(c);
-            let l = NearestLevel::new(f);
-            row.mapv_inplace(|v| l.fake_f32(v) - v);
-        }
+        let (mut m, db) = super::operating::layer_values(lw, wp, li, rounded)?;
+        m.zip_mut_with(&lw.matrix, |q, &w| *q -= w);
         let d = matrix_to_shape(&m, &lw.shape)?;
         let d = if lw.stored_transposed {
             d.t().as_standard_layout().into_owned()
@@ -404,6 +413,7 @@ pub(super) fn terms_backward(
             node: lw.node_index,
             input: weight_input(graph, lw)?,
             d,
+            db,
         });
         names.push((lw.node.clone(), true));
     }

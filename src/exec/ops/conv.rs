@@ -646,6 +646,102 @@ pub(super) fn matmul(
     ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(shape_err)
 }
 
+/// The input samples a weighted layer multiplies its weights with, as one matrix per channel group:
+/// `f(group, samples, rows)` receives `samples` row-major `[rows, fan_in]`, one row per output
+/// position (Conv: the receptive field of each output pixel of each image, zero padding included, in
+/// the weights' `(c, ky, kx)` order; Gemm: each input row; MatMul: each row of the flattened leading
+/// dimensions). `w_shape` is the weight initializer's shape (`[O, C/g, kh, kw]` for Conv).
+///
+/// # Errors
+/// [`Error::Unsupported`] for Gemm with `transA = 1` or another op; shape errors if `x` does not fit
+/// the weights.
+pub(crate) fn layer_input_samples(
+    op: &Op,
+    x: &ArrayViewD<'_, f32>,
+    w_shape: &[usize],
+    mut f: impl FnMut(usize, &[f32], usize),
+) -> Result<()> {
+    match op {
+        Op::Conv {
+            stride,
+            pad,
+            dilation,
+            groups,
+        } => {
+            let [n, c, h, wd] = dims4(x.shape());
+            let [_, cg, kh, kw] = dims4(w_shape);
+            if x.ndim() != 4 || w_shape.len() != 4 || *groups == 0 || cg * groups != c {
+                return Err(Error::ShapeMismatch {
+                    what: "Conv input for its weights".into(),
+                    expected: format!("[N, {}, H, W]", cg * groups),
+                    found: format!("{:?}", x.shape()),
+                });
+            }
+            let span = |len: usize, p0: usize, p1: usize, k: usize, d: usize, s: usize| {
+                let full = len + p0 + p1;
+                let reach = d * (k.max(1) - 1) + 1;
+                if full < reach {
+                    0
+                } else {
+                    (full - reach) / s + 1
+                }
+            };
+            let oh = span(h, pad[0], pad[2], kh, dilation[0], stride[0]);
+            let ow = span(wd, pad[1], pad[3], kw, dilation[1], stride[1]);
+            let (k, p) = (cg * kh * kw, oh * ow);
+            let xs = contiguous(x);
+            let mut cols = vec![0f32; k * p];
+            let mut samples = vec![0f32; k * p];
+            for img in 0..n {
+                for g in 0..*groups {
+                    let xin = &xs[(img * c + g * cg) * h * wd..(img * c + (g + 1) * cg) * h * wd];
+                    im2col(
+                        xin,
+                        [cg, h, wd],
+                        [kh, kw],
+                        [oh, ow],
+                        *stride,
+                        *pad,
+                        *dilation,
+                        &mut cols,
+                    );
+                    // [k, p] -> [p, k]
+                    for (r, row) in cols.chunks_exact(p.max(1)).enumerate() {
+                        for (q, &v) in row.iter().enumerate() {
+                            samples[q * k + r] = v;
+                        }
+                    }
+                    f(g, &samples, p);
+                }
+            }
+            Ok(())
+        }
+        Op::Gemm { trans_a: false, .. } | Op::MatMul => {
+            let k = match op {
+                Op::Gemm { trans_b: true, .. } => w_shape.get(1),
+                _ => w_shape.first(),
+            }
+            .copied()
+            .unwrap_or(0);
+            let last = x.shape().last().copied().unwrap_or(0);
+            if last != k || k == 0 {
+                return Err(Error::ShapeMismatch {
+                    what: format!("{} input for its weights", op.name()),
+                    expected: format!("[..., {k}]"),
+                    found: format!("{:?}", x.shape()),
+                });
+            }
+            let xs = contiguous(x);
+            f(0, &xs, xs.len() / k);
+            Ok(())
+        }
+        other => Err(Error::Unsupported(format!(
+            "{}: no layer-input samples (only Conv, Gemm without transA, MatMul)",
+            other.name()
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

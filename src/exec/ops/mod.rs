@@ -334,5 +334,5 @@ pub(crate) fn clip_code(f: QFormat, v: f64, lower: bool) -> i64 {
     c.clamp(f.min_code() as f64, f.max_code() as f64) as i64
 }
 
-pub(crate) use conv::quantize_bias;
+pub(crate) use conv::{layer_input_samples, quantize_bias};
 pub(crate) use shape::Identity;
