@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Images are a `[N, 32, 32, 3]` u8 `.npy` (NHWC), fed NCHW as `pixel / scale`; the first `--count`
-//! (default 500) calibrate. Prints one line per stage with its wall time, then the plan's size and
+//! (default 500) calibrate; `--nearest` rounds to nearest without bias correction. Prints one line per stage with its wall time, then the plan's size and
 //! predicted output SQNR. The line marked `=` is the planning time: loading, calibration, noise
 //! gains and planning at the operating point.
 
@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut model = String::from("models/resnet8_cifar10.onnx");
     let mut images = String::from("data/cifar10/test_images_u8_nhwc.npy");
     let (mut scale, mut count, mut budget) = (1.0f32, 500usize, 4.0f64);
+    let mut options = QuantizeOptions::default();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or(format!("{flag} needs a value"));
@@ -36,6 +37,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--scale" => scale = val()?.parse()?,
             "--count" => count = val()?.parse()?,
             "--budget" => budget = val()?.parse()?,
+            // Round to nearest without bias correction (the default is GPTQ with it).
+            "--nearest" => {
+                options.rounding = fixq::rounding::WeightRounding::Nearest;
+                options.bias_correction = false;
+            }
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -77,7 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &graph,
         x.view(),
         Budget::AvgBitsPerParam(budget),
-        &QuantizeOptions::default(),
+        &options,
         |s| {
             stage(match s {
                 Stage::Calibrating { .. } => "calibration",

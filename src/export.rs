@@ -786,6 +786,35 @@ mod tests {
     }
 
     #[test]
+    fn a_bias_that_bias_correction_added_survives_save_and_load() {
+        let model = small_model();
+        let fc2 = model
+            .graph()
+            .nodes()
+            .iter()
+            .find(|n| n.name == "fc2")
+            .unwrap();
+        assert_eq!(
+            fc2.inputs.get(2).map(String::as_str),
+            Some("fc2.corrected_bias")
+        );
+        let bias = model
+            .graph()
+            .initializer("fc2.corrected_bias")
+            .unwrap()
+            .to_owned();
+        assert!(bias.iter().any(|&b| b != 0.0), "{bias:?}");
+        let loaded = QuantizedModel::from_bytes(&model.to_bytes().unwrap()).unwrap();
+        assert_eq!(
+            loaded.graph().initializer("fc2.corrected_bias"),
+            Some(&bias)
+        );
+        let x =
+            Array2::from_shape_fn((16, 8), |(n, i)| ((n * 8 + i) as f32 * 0.29).sin()).into_dyn();
+        assert_eq!(model.run(x.view()).unwrap(), loaded.run(x.view()).unwrap());
+    }
+
+    #[test]
     fn the_export_has_the_qdq_structure() {
         let model = small_model();
         let m = export(model.graph(), model.network()).unwrap();

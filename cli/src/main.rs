@@ -72,6 +72,13 @@ struct QuantizeArgs {
     /// Per-tensor two's complement weights in 2..=8 bits (the paper's granularity).
     #[arg(long)]
     per_tensor: bool,
+    /// How weights go to their grid: `gptq` (error feedback from the layers' calibration inputs, the
+    /// default) or `nearest`.
+    #[arg(long, value_enum, default_value_t = RoundingArg::Gptq)]
+    rounding: RoundingArg,
+    /// Leave the biases as they are (no bias correction of the rounding's mean output shift).
+    #[arg(long)]
+    no_bias_correction: bool,
     /// The model file (.fixq) to write [without -o only the report is printed].
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: Option<PathBuf>,
@@ -80,6 +87,13 @@ struct QuantizeArgs {
     force: bool,
     #[command(flatten)]
     pre: Preprocess,
+}
+
+/// `--rounding`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RoundingArg {
+    Gptq,
+    Nearest,
 }
 
 fn main() -> ExitCode {
@@ -155,11 +169,16 @@ fn quantize(a: &QuantizeArgs) -> CliResult<()> {
         &a.pre,
         1.0,
     )?;
-    let options = if a.per_tensor {
+    let mut options = if a.per_tensor {
         QuantizeOptions::per_tensor()
     } else {
         QuantizeOptions::default()
     };
+    options.rounding = match a.rounding {
+        RoundingArg::Gptq => fixq::rounding::WeightRounding::Gptq,
+        RoundingArg::Nearest => fixq::rounding::WeightRounding::Nearest,
+    };
+    options.bias_correction = !a.no_bias_correction;
     debug_assert!(a.per_tensor || options.granularity == Granularity::PerChannel);
     let mut stages = progress::Stages::default();
     let model = fixq::quantize_with_progress(
