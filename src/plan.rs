@@ -737,11 +737,7 @@ fn rounded_errors(
         .zip(q.chunks_exact(k.max(1)))
         .enumerate()
         .map(|(r, (w, qr))| {
-            let e: Vec<f64> = qr
-                .iter()
-                .zip(w.iter())
-                .map(|(a, b)| f64::from(*a) - f64::from(*b))
-                .collect();
+            let e = crate::rounding::row_error(qr, w);
             let own = e.iter().map(|v| v * v).sum::<f64>();
             let p = powers.as_ref().map_or(nearest[r], |p| p[r]);
             let p = if rounder.corrects_bias() {

@@ -310,14 +310,7 @@ impl<'a> LayerRounder<'a> {
             m.axis_iter(Axis(0))
                 .zip(self.lw.matrix.axis_iter(Axis(0)))
                 .enumerate()
-                .map(|(r, (q, w))| {
-                    let e: Vec<f64> = q
-                        .iter()
-                        .zip(w.iter())
-                        .map(|(a, b)| f64::from(*a) - f64::from(*b))
-                        .collect();
-                    self.bias_delta(r, &e) as f32
-                })
+                .map(|(r, (q, w))| self.bias_delta(r, &row_error(q, w)) as f32)
                 .collect()
         });
         Ok(RoundedLayer {
@@ -325,6 +318,17 @@ impl<'a> LayerRounder<'a> {
             bias_delta: delta,
         })
     }
+}
+
+/// A row's rounding error `q − w` in `f64`.
+pub(crate) fn row_error<'a>(
+    q: impl IntoIterator<Item = &'a f32>,
+    w: impl IntoIterator<Item = &'a f32>,
+) -> Vec<f64> {
+    q.into_iter()
+        .zip(w)
+        .map(|(a, b)| f64::from(*a) - f64::from(*b))
+        .collect()
 }
 
 fn with_node(e: Error, node: &str) -> Error {
@@ -480,11 +484,7 @@ mod tests {
 
     fn errors(q: &[f32], w: &Array2<f32>, row: usize) -> Vec<f64> {
         let k = w.ncols();
-        q[row * k..(row + 1) * k]
-            .iter()
-            .zip(w.row(row))
-            .map(|(a, b)| f64::from(*a) - f64::from(*b))
-            .collect()
+        row_error(&q[row * k..(row + 1) * k], w.row(row))
     }
 
     #[test]
