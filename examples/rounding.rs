@@ -6,7 +6,11 @@
 //! ```sh
 //! taskset -c 0 cargo run --release --example rounding -- ../shared            # all three networks
 //! taskset -c 0 cargo run --release --example rounding -- ../shared resnet8 4 3 # one, chosen budgets
+//! taskset -c 0 cargo run --release --example rounding -- ../shared resnet8 4 --ranges
 //! ```
+//!
+//! Every method chooses activation steps by exact error over the calibration histograms (the
+//! default); `--ranges` instead runs GPTQ + bias correction with those against the fitted rule.
 //!
 //! Networks: `resnet8` (../shared/models/resnet8_cifar10.onnx, calibration on CIFAR-10 test images
 //! 0..500, scored on 500..10000), `lenet` (../shared/models/lenet5_mnist.onnx, MNIST test images
@@ -19,6 +23,7 @@ use std::time::Instant;
 
 use fixq::eval::{Dataset, accuracy};
 use fixq::io::npy::{self, NpyArray};
+use fixq::plan::StepRule;
 use fixq::rounding::WeightRounding;
 use fixq::{Budget, FloatExecutor, Graph, QuantizeOptions};
 use ndarray::{Axis, Ix4, s};
@@ -138,10 +143,12 @@ fn main() -> Res<()> {
     let mut args = std::env::args().skip(1);
     let shared = PathBuf::from(args.next().unwrap_or_else(|| "../shared".into()));
     let rest: Vec<String> = args.collect();
+    // `--ranges`: only GPTQ + bias correction, with histogram against fitted activation steps.
+    let ranges = rest.iter().any(|a| a == "--ranges");
     let nets: Vec<&str> = rest
         .iter()
         .map(String::as_str)
-        .filter(|a| a.parse::<f64>().is_err())
+        .filter(|a| a.parse::<f64>().is_err() && !a.starts_with("--"))
         .collect();
     let budgets: Vec<f64> = rest.iter().filter_map(|a| a.parse().ok()).collect();
     let nets = if nets.is_empty() {
@@ -163,15 +170,49 @@ fn main() -> Res<()> {
             ("per tensor", QuantizeOptions::per_tensor()),
         ] {
             for &budget in &net.budgets {
-                for (method, rounding, bc) in [
-                    ("nearest", WeightRounding::Nearest, false),
-                    ("nearest + bias corr.", WeightRounding::Nearest, true),
-                    ("GPTQ", WeightRounding::Gptq, false),
-                    ("GPTQ + bias corr.", WeightRounding::Gptq, true),
-                ] {
+                let methods = if ranges {
+                    vec![
+                        (
+                            "GPTQ + BC, histogram ranges",
+                            WeightRounding::Gptq,
+                            true,
+                            StepRule::MinDataMse,
+                        ),
+                        (
+                            "GPTQ + BC, fitted ranges",
+                            WeightRounding::Gptq,
+                            true,
+                            StepRule::MinExpectedMse,
+                        ),
+                    ]
+                } else {
+                    vec![
+                        (
+                            "nearest",
+                            WeightRounding::Nearest,
+                            false,
+                            StepRule::MinDataMse,
+                        ),
+                        (
+                            "nearest + bias corr.",
+                            WeightRounding::Nearest,
+                            true,
+                            StepRule::MinDataMse,
+                        ),
+                        ("GPTQ", WeightRounding::Gptq, false, StepRule::MinDataMse),
+                        (
+                            "GPTQ + bias corr.",
+                            WeightRounding::Gptq,
+                            true,
+                            StepRule::MinDataMse,
+                        ),
+                    ]
+                };
+                for (method, rounding, bc, activation_step) in methods {
                     let opts = QuantizeOptions {
                         rounding,
                         bias_correction: bc,
+                        activation_step,
                         ..base.clone()
                     };
                     let t = Instant::now();

@@ -1,8 +1,10 @@
 //! Calibration: run the float graph over representative inputs and gather a streaming
-//! [`FitAccumulator`] for the graph input and every node output.
+//! [`FitAccumulator`] for the graph input and every node output; optionally an exact-error
+//! [`Histogram`] of each ([`Calibration::with_histograms`]) and the weighted layers' input moments
+//! ([`Calibration::with_layer_inputs`]).
 //!
 //! Memory stays bounded whatever the number of images: only the accumulators (a few dozen bytes per
-//! tensor) persist between batches. Two calibrations of disjoint data can be merged
+//! tensor; the histograms a few hundred KiB) persist between batches. Two calibrations of disjoint data can be merged
 //! ([`Calibration::merge`]), so batches may be processed in parallel.
 //!
 //! # Example
@@ -31,6 +33,7 @@ use ndarray::{ArrayD, ArrayViewD};
 use crate::dist::{Fit, FitAccumulator};
 use crate::error::{Error, Result};
 use crate::exec::FloatExecutor;
+use crate::hist::Histogram;
 use crate::rounding::InputMoments;
 
 /// Progress of a long calibration run, passed to the callback of [`calibrate`].
@@ -51,6 +54,9 @@ pub struct Calibration {
     /// Whether [`Calibration::observe`] collects the weighted layers' input moments.
     collect_inputs: bool,
     layer_inputs: Option<InputMoments>,
+    /// Whether [`Calibration::observe`] keeps a [`Histogram`] of every tensor.
+    collect_histograms: bool,
+    histograms: BTreeMap<String, Histogram>,
 }
 
 impl Calibration {
@@ -68,6 +74,31 @@ impl Calibration {
             collect_inputs: true,
             ..Self::default()
         }
+    }
+
+    /// This calibration, set to also keep a [`Histogram`] of every tensor it observes from now on:
+    /// what exact-MSE activation steps ([`crate::plan::StepRule::MinDataMse`]) and exact activation
+    /// SQNR terms need. Costs 6 KiB per octave a tensor's values reach and about as much time per
+    /// value as the moments.
+    ///
+    /// ```
+    /// use fixq::calib::Calibration;
+    /// let cal = Calibration::with_layer_inputs().with_histograms();
+    /// assert!(cal.histogram("x").is_none()); // nothing observed yet
+    /// ```
+    pub fn with_histograms(mut self) -> Self {
+        self.collect_histograms = true;
+        self
+    }
+
+    /// The histogram of `tensor`, when collected ([`Calibration::with_histograms`]) over every
+    /// image observed.
+    pub fn histogram(&self, tensor: &str) -> Option<&Histogram> {
+        self.histograms.get(tensor).filter(|h| {
+            self.tensors
+                .get(tensor)
+                .is_some_and(|a| a.count() == h.count())
+        })
     }
 
     /// The weighted layers' input moments, when collected ([`Calibration::with_layer_inputs`]).
@@ -96,7 +127,12 @@ impl Calibration {
         }
         let input_name = exec.graph().input().name.clone();
         let mut local: BTreeMap<String, FitAccumulator> = BTreeMap::new();
+        let mut local_hist: BTreeMap<String, Histogram> = BTreeMap::new();
+        let collect_histograms = self.collect_histograms;
         push(&mut local, &input_name, &batch)?;
+        if collect_histograms {
+            push_histogram(&mut local_hist, &input_name, &batch)?;
+        }
         let mut moments = if self.collect_inputs {
             let mut m = InputMoments::for_graph(exec.graph())?;
             m.push(&input_name, &batch)?;
@@ -112,6 +148,12 @@ impl Calibration {
                 failure = Some(e);
             }
             if failure.is_none()
+                && collect_histograms
+                && let Err(e) = push_histogram(&mut local_hist, name, act)
+            {
+                failure = Some(e);
+            }
+            if failure.is_none()
                 && let Some(m) = moments.as_mut()
                 && let Err(e) = m.push(name, act)
             {
@@ -123,6 +165,9 @@ impl Calibration {
         }
         for (name, acc) in local {
             self.tensors.entry(name).or_default().merge(&acc);
+        }
+        for (name, h) in local_hist {
+            self.histograms.entry(name).or_default().merge(&h);
         }
         if let Some(m) = moments {
             match self.layer_inputs.as_mut() {
@@ -140,6 +185,9 @@ impl Calibration {
         for (name, acc) in &other.tensors {
             self.tensors.entry(name.clone()).or_default().merge(acc);
         }
+        for (name, h) in &other.histograms {
+            self.histograms.entry(name.clone()).or_default().merge(h);
+        }
         self.images += other.images;
         match (self.layer_inputs.as_mut(), other.layer_inputs.as_ref()) {
             (Some(a), Some(b)) => a.merge(b),
@@ -147,6 +195,7 @@ impl Calibration {
             _ => {}
         }
         self.collect_inputs |= other.collect_inputs;
+        self.collect_histograms |= other.collect_histograms;
         if self.input_name.is_none() {
             self.input_name.clone_from(&other.input_name);
         }
@@ -202,6 +251,18 @@ fn push(
         },
         other => other,
     })
+}
+
+fn push_histogram(
+    map: &mut BTreeMap<String, Histogram>,
+    name: &str,
+    x: &ArrayViewD<'_, f32>,
+) -> Result<()> {
+    let h = map.entry(name.to_string()).or_default();
+    match x.as_slice() {
+        Some(s) => h.push_slice(s),
+        None => h.push_slice(&x.iter().copied().collect::<Vec<f32>>()),
+    }
 }
 
 /// Calibrates over an iterator of batches, calling `progress` after each one.

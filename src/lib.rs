@@ -57,6 +57,7 @@ pub mod exec;
 mod export;
 pub mod fixed;
 pub mod graph;
+pub mod hist;
 pub mod io;
 pub mod kernels;
 pub mod model_file;

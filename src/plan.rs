@@ -73,6 +73,7 @@ use crate::fixed::{Grid, PAPER_XI_PER_SIGMA, QFormat};
 use crate::graph::Graph;
 pub use crate::graph::activation_points;
 pub(crate) use crate::graph::{LayerWeights, layer_weights, matrix_to_shape};
+use crate::hist::Histogram;
 pub use crate::quant_plan::{ActivationPlan, QuantPlan, WeightPlan};
 use crate::rounding::{LayerRounder, WeightRounding};
 use crate::sqnr;
@@ -98,8 +99,10 @@ pub enum StepRule {
     },
     /// Best power of two for the fitted family ([`QFormat::min_expected_mse`]).
     MinExpectedMse,
-    /// Best power of two by exact error over the tensor's values ([`QFormat::min_data_mse`]); for
-    /// activations (known only through their statistics) this falls back to `MinExpectedMse`.
+    /// Best power of two by exact error over the tensor's values ([`QFormat::min_data_mse`]). For an
+    /// activation: by the exact error over the calibration images, from its [`Histogram`] when the
+    /// calibration kept one ([`Calibration::with_histograms`]) and the format is at most 8 bits
+    /// unsigned or 9 signed ([`Histogram::is_exact_for`]); otherwise `MinExpectedMse`.
     MinDataMse,
 }
 
@@ -638,15 +641,31 @@ fn plan_activations(
             config.activation_bits
         };
         let bits = if signed { bits } else { bits.min(15) };
-        let format = step_format(
-            config.activation_step,
-            &fit,
-            None,
-            bits,
-            signed,
-            Grid::MidTread,
-        )?;
-        let predicted_sqnr_db = sqnr::predict_db(&fit, format)?;
+        // The calibration's histogram, where it gives the exact error at this width.
+        let hist = calibration.histogram(tensor).filter(|_| {
+            QFormat::new(bits, 0, signed, Grid::MidTread).is_ok_and(Histogram::is_exact_for)
+        });
+        let format = match (config.activation_step, hist) {
+            (StepRule::MinDataMse, Some(h)) => h
+                .min_mse_format(bits, signed, Grid::MidTread)
+                .map_err(|e| with_tensor(e, tensor))?,
+            _ => step_format(
+                config.activation_step,
+                &fit,
+                None,
+                bits,
+                signed,
+                Grid::MidTread,
+            )?,
+        };
+        let predicted_sqnr_db = match hist {
+            // Capped like the fitted curves: an input of integers at step 1 is exact (+∞ dB).
+            Some(h) => h
+                .sqnr_db(format)
+                .map_err(|e| with_tensor(e, tensor))?
+                .min(sqnr::CURVE_CAP_DB),
+            None => sqnr::predict_db(&fit, format)?,
+        };
         let gain_db = config
             .gains
             .as_ref()

@@ -60,7 +60,7 @@ use crate::error::{Error, Result};
 use crate::exec::{FixedNetwork, FloatExecutor};
 use crate::fixed::{Grid, QFormat};
 use crate::graph::{Graph, layer_weights, matrix_to_shape};
-use crate::plan::{self, Granularity, PlanConfig};
+use crate::plan::{self, Granularity, PlanConfig, StepRule};
 use crate::quant_plan::QuantPlan;
 use crate::rounding::WeightRounding;
 use crate::sqnr;
@@ -99,6 +99,10 @@ pub struct QuantizeOptions {
     pub rounding: WeightRounding,
     /// Correct each output channel's bias for the mean shift its rounding causes.
     pub bias_correction: bool,
+    /// How each activation's power-of-two step is chosen: by the exact error over the calibration
+    /// images' histograms ([`StepRule::MinDataMse`], the default) or from the fitted family
+    /// ([`StepRule::MinExpectedMse`]).
+    pub activation_step: StepRule,
 }
 
 /// The default rounding: GPTQ-style where the crate has it.
@@ -123,6 +127,7 @@ impl Default for QuantizeOptions {
             seed: 7,
             rounding: DEFAULT_ROUNDING,
             bias_correction: true,
+            activation_step: StepRule::MinDataMse,
         }
     }
 }
@@ -157,6 +162,7 @@ impl QuantizeOptions {
             output_bits: self.output_bits,
             rounding: self.rounding,
             bias_correction: self.bias_correction,
+            activation_step: self.activation_step,
             ..PlanConfig::fixq(budget)
         }
     }
@@ -283,6 +289,11 @@ pub fn quantize_with_progress(
         Calibration::with_layer_inputs()
     } else {
         Calibration::new()
+    };
+    let start = if options.activation_step == StepRule::MinDataMse {
+        start.with_histograms()
+    } else {
+        start
     };
     let calibration = calibrate_with(start, &exec, batches, |p| {
         progress(Stage::Calibrating {

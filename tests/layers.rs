@@ -13,6 +13,7 @@ const LAYERS: &[&str] = &[
     "table",
     "dist",
     "fixed",
+    "hist",
     "alloc",
     "sqnr",
     "kernels",

@@ -79,6 +79,10 @@ struct QuantizeArgs {
     /// Leave the biases as they are (no bias correction of the rounding's mean output shift).
     #[arg(long)]
     no_bias_correction: bool,
+    /// How activation steps are chosen: `histogram` (least squared error over the calibration
+    /// images, the default) or `fitted` (from the fitted distribution family).
+    #[arg(long, value_enum, default_value_t = RangesArg::Histogram)]
+    activation_ranges: RangesArg,
     /// The model file (.fixq) to write [without -o only the report is printed].
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: Option<PathBuf>,
@@ -87,6 +91,13 @@ struct QuantizeArgs {
     force: bool,
     #[command(flatten)]
     pre: Preprocess,
+}
+
+/// `--activation-ranges`' values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RangesArg {
+    Histogram,
+    Fitted,
 }
 
 /// `--rounding`'s values.
@@ -179,6 +190,10 @@ fn quantize(a: &QuantizeArgs) -> CliResult<()> {
         RoundingArg::Nearest => fixq::rounding::WeightRounding::Nearest,
     };
     options.bias_correction = !a.no_bias_correction;
+    options.activation_step = match a.activation_ranges {
+        RangesArg::Histogram => fixq::plan::StepRule::MinDataMse,
+        RangesArg::Fitted => fixq::plan::StepRule::MinExpectedMse,
+    };
     debug_assert!(a.per_tensor || options.granularity == Granularity::PerChannel);
     let mut stages = progress::Stages::default();
     let model = fixq::quantize_with_progress(

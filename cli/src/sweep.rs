@@ -198,9 +198,10 @@ pub fn run(args: &SweepArgs) -> CliResult<()> {
     let options = QuantizeOptions::default();
     let total = calib.shape()[0] as u64;
     let pb = progress::bar(Some(total), "calibrating");
-    // With the layers' input moments: fixq's configurations round with GPTQ and correct biases.
+    // With the layers' input moments and the activations' histograms: fixq's configurations round
+    // with GPTQ, correct biases and choose activation steps by exact error.
     let cal = fixq::calib::calibrate_with(
-        fixq::calib::Calibration::with_layer_inputs(),
+        fixq::calib::Calibration::with_layer_inputs().with_histograms(),
         &exec,
         calib.axis_chunks_iter(Axis(0), options.batch),
         |p| pb.set_position(p.images_done),

@@ -2,7 +2,7 @@
 
 use ndarray::{Array, Dimension, RemoveAxis, Zip};
 
-use super::reference::requantize_wide;
+use super::reference::requantize_even_wide;
 use super::{Activation8or16, OutputStage};
 use crate::error::{Error, Result};
 use crate::fixed::QTensor;
@@ -13,8 +13,9 @@ pub const MAX_ADD_FRAC_GAP: i32 = 64;
 /// Residual addition y = sat(round(a·2^−n_a + b·2^−n_b) at n_y), correctly rounded.
 ///
 /// Both inputs are first aligned exactly to the finer format n = max(n_a, n_b) (left shifts, 128-bit),
-/// summed, and rounded once to the output format (ties toward +∞, as in the kernels), then saturated
-/// to the output stage (format bits and fused activation). Shapes must be equal (no broadcasting).
+/// summed, and rounded once to the output format (ties to even: an aligning shift of one bit makes
+/// every odd sum a tie, and ties toward +∞ would raise the output's mean by a quarter step), then
+/// saturated to the output stage (format bits and fused activation). Shapes must be equal (no broadcasting).
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`] for different shapes; [`Error::Unsupported`] for per-channel or mid-rise
@@ -72,7 +73,7 @@ pub fn add<
         .and(b.codes())
         .for_each(|o, &x, &y| {
             let v = (i128::from(x.to_code()) << sa) + (i128::from(y.to_code()) << sb);
-            *o = O::from_code(requantize_wide(v, shift, lo, hi));
+            *o = O::from_code(requantize_even_wide(v, shift, lo, hi));
         });
     QTensor::from_codes(out, output.format)
 }
@@ -102,12 +103,14 @@ mod tests {
         let y = add::<i8, i16, i8, _>(&a, &b, OutputStage::new(QFormat::signed(8, -1).unwrap()))
             .unwrap();
         assert_eq!(y.codes(), &array![50i8, -50, 1, -1, 1]);
-        // Ties toward +inf: 0.5 + 0 at frac 0 -> 1, -0.5 -> 0.
-        let h = QTensor::from_codes(array![1i8, -1], QFormat::signed(8, 1).unwrap()).unwrap();
-        let z = QTensor::from_codes(array![0u8, 0], QFormat::unsigned(8, 0).unwrap()).unwrap();
+        // Ties to even: 0.5 -> 0, -0.5 -> 0, 1.5 -> 2, -1.5 -> -2, 2.5 -> 2.
+        let h =
+            QTensor::from_codes(array![1i8, -1, 3, -3, 5], QFormat::signed(8, 1).unwrap()).unwrap();
+        let z =
+            QTensor::from_codes(array![0u8, 0, 0, 0, 0], QFormat::unsigned(8, 0).unwrap()).unwrap();
         let y =
             add::<i8, u8, i8, _>(&h, &z, OutputStage::new(QFormat::signed(8, 0).unwrap())).unwrap();
-        assert_eq!(y.codes(), &array![1i8, 0]);
+        assert_eq!(y.codes(), &array![0i8, 0, 2, -2, 2]);
         // 4-bit output with ReLU.
         let y = add::<i8, i16, i8, _>(
             &a,

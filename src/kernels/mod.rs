@@ -8,7 +8,10 @@
 //! 1. **Accumulate** (exact, integer): a_o = b_o + Σₖ xₖ·w_{o,k}, with `frac_bits` n_acc(o) = n_x + n_w(o).
 //!    The bias must already be in that accumulator format ([`Conv2d::bias_formats`]).
 //! 2. **Requantize** to the output format n_y with shift s_o = n_acc(o) − n_y:
-//!    for s > 0, y = ⌊(a + 2^(s−1)) / 2^s⌋ (round to nearest, **ties toward +∞**);
+//!    for s > 0, y = ⌊(a + 2^(s−1)) / 2^s⌋ (round to nearest, **ties toward +∞**; a tie needs the
+//!    low s bits of the accumulator to be exactly 10…0, rare at the shifts of a weighted layer. The
+//!    element-wise [`add`] and the average pools, whose small shifts and divisors make ties
+//!    frequent, round ties to even instead, so that they add no mean error);
 //!    for s ≤ 0, y = a·2^(−s) (exact left shift).
 //! 3. **Saturate** to the output format's codes (its bit-width, not the storage type: a 4-bit signed
 //!    output saturates at −8..=7), intersected with the fused [`Activation`] (ReLU, clip).

@@ -1,12 +1,15 @@
 //! Integer pooling: [`max_pool2d`], [`avg_pool2d`], [`global_avg_pool`] over NCHW codes.
 //!
 //! Averages are correctly rounded: y = round(Σx · 2^(n_y − n_x) / count), computed exactly in 128-bit
-//! integers as ⌊(2·num + den) / (2·den)⌋, i.e. round to nearest with **ties toward +∞** — the same
-//! tie rule as the convolution's requantization — then saturated to the output stage.
+//! integers as the floor quotient plus one where the remainder is above half the divisor, or exactly
+//! half with an odd quotient: round to nearest with **ties to even**. Unlike the convolution's
+//! requantization (ties toward +∞, where a tie needs the low s bits of a wide accumulator to be one
+//! exact pattern), a small window makes ties frequent (2x2: a quarter of the sums), and rounding them
+//! all up would raise the mean by an eighth of a step per pool. Then saturated to the output stage.
 
 use ndarray::{Array4, Ix4};
 
-use super::reference::requantize_wide;
+use super::reference::requantize_even_wide;
 use super::{Activation8or16, OutputStage};
 use crate::error::{Error, Result};
 use crate::fixed::QTensor;
@@ -250,7 +253,7 @@ fn max_pool_unpadded<A: Activation8or16>(
     }
 }
 
-/// Average pooling to `output`: y = round(Σx·2^(n_y − n_x) / count), ties toward +∞ (module docs).
+/// Average pooling to `output`: y = round(Σx·2^(n_y − n_x) / count), ties to even (module docs).
 /// `count_include_pad` chooses count = window size (ONNX `count_include_pad = 1`) or the number of
 /// in-bounds pixels.
 ///
@@ -295,7 +298,7 @@ pub fn avg_pool2d<A: Activation8or16, O: Activation8or16>(
 }
 
 /// Global average pooling: [N, C, H, W] → [N, C, 1, 1], y = round(Σx·2^(n_y − n_x) / (H·W)), ties
-/// toward +∞.
+/// to even.
 ///
 /// # Errors
 /// [`Error::Empty`] for H·W = 0; otherwise as [`avg_pool2d`].
@@ -329,13 +332,15 @@ pub fn global_avg_pool<A: Activation8or16, O: Activation8or16>(
     avg_pool2d(x, p, true, output)
 }
 
-/// round(sum · 2^e / cnt), ties toward +∞, clamped to [lo, hi]. Exact for |sum| < 2⁴⁷, cnt < 2³².
+/// round(sum · 2^e / cnt), ties to even (unbiased: a 2x2 window makes a quarter of the sums ties),
+/// clamped to [lo, hi]. Exact for |sum| < 2⁴⁷, cnt < 2³².
 fn divide_round(sum: i64, cnt: i64, e: i32, lo: i64, hi: i64) -> i64 {
     // Beyond these shifts the result is already decided (0, or saturated unless sum = 0).
     let num = i128::from(sum) << e.clamp(0, 64) as u32;
     let den = i128::from(cnt) << (-e).clamp(0, 80) as u32;
-    let q = (2 * num + den).div_euclid(2 * den);
-    requantize_wide(q.clamp(-(1 << 80), 1 << 80), 0, lo, hi)
+    let (q, r) = (num.div_euclid(den), num.rem_euclid(den));
+    let q = q + i128::from(2 * r > den || (2 * r == den && q & 1 == 1));
+    requantize_even_wide(q.clamp(-(1 << 80), 1 << 80), 0, lo, hi)
 }
 
 #[cfg(test)]
@@ -343,12 +348,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn divide_round_ties_toward_plus_infinity() {
-        assert_eq!(divide_round(5, 2, 0, -100, 100), 3); // 2.5
+    fn divide_round_ties_to_even() {
+        assert_eq!(divide_round(5, 2, 0, -100, 100), 2); // 2.5
+        assert_eq!(divide_round(7, 2, 0, -100, 100), 4); // 3.5
         assert_eq!(divide_round(-5, 2, 0, -100, 100), -2); // -2.5
+        assert_eq!(divide_round(-3, 2, 0, -100, 100), -2); // -1.5
         assert_eq!(divide_round(7, 3, 0, -100, 100), 2); // 2.33
         assert_eq!(divide_round(5, 3, 0, -100, 100), 2); // 1.67
         assert_eq!(divide_round(3, 4, 1, -100, 100), 2); // 1.5
+        assert_eq!(divide_round(5, 4, 1, -100, 100), 2); // 2.5
         assert_eq!(divide_round(3, 4, -1, -100, 100), 0); // 0.375
         assert_eq!(divide_round(1, 1, 100, -8, 7), 7);
         assert_eq!(divide_round(-1, 1, -100, -8, 7), 0);
@@ -411,7 +419,7 @@ mod pool_tests {
                                 cnt
                             };
                             let v = sum as f64 * 2f64.powi(out_frac - 2) / cnt as f64;
-                            r.push(((v + 0.5).floor() as i64).clamp(-128, 127));
+                            r.push((v.round_ties_even() as i64).clamp(-128, 127));
                         }
                     }
                 }

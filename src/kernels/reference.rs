@@ -38,6 +38,32 @@ pub(crate) fn requantize_wide(v: i128, shift: i32, lo: i64, hi: i64) -> i64 {
     v.clamp(i128::from(lo), i128::from(hi)) as i64
 }
 
+/// ⌊v·2^−s⌉ with ties to even, for s ≥ 1: the unbiased rounding of the element-wise paths
+/// ([`super::add`], the average pools, and the network's Requant/Concat steps), whose shifts are
+/// small enough that ties are frequent (a 1-bit shift makes every odd value a tie, and round half
+/// up would move their mean by half a step).
+///
+/// y = ⌊v/2^s⌋ + 1 if r > 2^(s−1), or r = 2^(s−1) and ⌊v/2^s⌋ is odd; else ⌊v/2^s⌋, where
+/// r = v − 2^s·⌊v/2^s⌋.
+pub(crate) fn shift_right_even(v: i128, s: u32) -> i128 {
+    debug_assert!((1..127).contains(&s));
+    let q = v >> s;
+    let r = v - (q << s);
+    let half = 1i128 << (s - 1);
+    q + i128::from(r > half || (r == half && q & 1 == 1))
+}
+
+/// As [`requantize_wide`], a right shift rounding ties to even ([`shift_right_even`]).
+pub(crate) fn requantize_even_wide(v: i128, shift: i32, lo: i64, hi: i64) -> i64 {
+    debug_assert!(v.unsigned_abs() < 1u128 << 86);
+    let v = if shift > 0 {
+        shift_right_even(v, shift.min(100) as u32)
+    } else {
+        v << (-shift).min(40) as u32
+    };
+    v.clamp(i128::from(lo), i128::from(hi)) as i64
+}
+
 /// Direct convolution: NCHW codes `x`, OIHW effective weight codes `w`, per-channel bias codes and
 /// shifts, output NCHW into `out` (len N·C_out·OH·OW).
 #[allow(clippy::too_many_arguments)]

@@ -147,7 +147,7 @@ impl Visit2 for BuildRequant {
     }
 }
 
-/// Requantizes codes to the stage's format (round half up, the kernels' rule), then saturates to its
+/// Requantizes codes to the stage's format (ties to even, as the element-wise kernels), then saturates to its
 /// range and activation.
 #[derive(Debug)]
 struct Requant<A, O>(OutputStage, PhantomData<fn(A) -> O>);

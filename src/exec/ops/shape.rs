@@ -250,11 +250,12 @@ impl<O: Code> IntOp for Concat<O> {
     }
 }
 
-/// q·2^(−shift), rounding half up for right shifts (the kernels' requantization rule).
+/// q·2^(−shift), rounding ties to even for right shifts (unbiased where ties are frequent:
+/// [`crate::kernels::reference::shift_right_even`]).
 pub(crate) fn shift_round(q: i64, shift: i32) -> i64 {
     if shift > 0 {
         let s = shift.min(62) as u32;
-        (q + (1i64 << (s - 1))) >> s
+        crate::kernels::reference::shift_right_even(i128::from(q), s) as i64
     } else {
         q << (-shift).min(40) as u32
     }
@@ -372,10 +373,13 @@ mod integer_tests {
     use super::shift_round;
 
     #[test]
-    fn shift_round_is_round_half_up_and_exact_left_shift() {
-        assert_eq!(shift_round(5, 1), 3); // 2.5 -> 3
-        assert_eq!(shift_round(-5, 1), -2); // -2.5 -> -2 (half up)
-        assert_eq!(shift_round(-6, 2), -1); // -1.5 -> -1
+    fn shift_round_is_ties_to_even_and_exact_left_shift() {
+        assert_eq!(shift_round(5, 1), 2); // 2.5 -> 2
+        assert_eq!(shift_round(7, 1), 4); // 3.5 -> 4
+        assert_eq!(shift_round(-5, 1), -2); // -2.5 -> -2
+        assert_eq!(shift_round(-6, 2), -2); // -1.5 -> -2
+        assert_eq!(shift_round(-7, 2), -2); // -1.75 -> -2
+        assert_eq!(shift_round(9, 3), 1); // 1.125 -> 1
         assert_eq!(shift_round(7, 0), 7);
         assert_eq!(shift_round(-3, -2), -12);
     }
