@@ -373,16 +373,7 @@ impl Graph {
         let mut defined: HashSet<&str> = HashSet::new();
         defined.insert(&input.name);
         for node in &nodes {
-            let (lo, hi) = node.op.arity();
-            let n = node.inputs.len();
-            if n < lo || n > hi {
-                return Err(invalid(format!(
-                    "node '{}' ({}) has {n} inputs; it takes {lo}..={}",
-                    node.name,
-                    node.op.name(),
-                    hi.min(64)
-                )));
-            }
+            check_arity(node)?;
             for name in &node.inputs {
                 if !defined.contains(name.as_str()) && !inits.contains_key(name) {
                     return Err(invalid(format!(
@@ -622,34 +613,80 @@ impl Graph {
                     }
                 })
                 .collect();
-            let shape = crate::graph::shape::infer(node, &shapes).map_err(|e| match e {
-                Error::ShapeMismatch {
-                    what,
-                    expected,
-                    found,
-                } => Error::ShapeMismatch {
-                    what: format!("node '{}' ({}): {what}", node.name, node.op.name()),
-                    expected,
-                    found,
-                },
-                Error::Unsupported(r) => {
-                    Error::Unsupported(format!("node '{}' ({}): {r}", node.name, node.op.name()))
-                }
-                other => other,
-            })?;
-            let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-            if elements.is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
-                return Err(Error::Unsupported(format!(
-                    "node '{}' ({}): output shape {shape:?} exceeds {MAX_TENSOR_ELEMENTS} elements",
-                    node.name,
-                    node.op.name()
-                )));
-            }
+            let shape = infer_named(node, &shapes)?;
             known.insert(&node.output, i);
             out.push(shape);
         }
         Ok(out)
     }
+}
+
+/// A node's output shape from its input shapes, with the node named in errors and the output held to
+/// [`MAX_TENSOR_ELEMENTS`] (what [`Graph::infer_shapes`] does for each node).
+fn infer_named(node: &Node, shapes: &[&[usize]]) -> Result<Vec<usize>> {
+    let shape = crate::graph::shape::infer(node, shapes).map_err(|e| match e {
+        Error::ShapeMismatch {
+            what,
+            expected,
+            found,
+        } => Error::ShapeMismatch {
+            what: format!("node '{}' ({}): {what}", node.name, node.op.name()),
+            expected,
+            found,
+        },
+        Error::Unsupported(r) => {
+            Error::Unsupported(format!("node '{}' ({}): {r}", node.name, node.op.name()))
+        }
+        other => other,
+    })?;
+    let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if elements.is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
+        return Err(Error::Unsupported(format!(
+            "node '{}' ({}): output shape {shape:?} exceeds {MAX_TENSOR_ELEMENTS} elements",
+            node.name,
+            node.op.name()
+        )));
+    }
+    Ok(shape)
+}
+
+/// One node on its own: the checks [`Graph::new`] makes that need no other node (number of inputs,
+/// attribute ranges), then its output shape for the given input shapes, as
+/// [`Graph::infer_shapes`] computes it. ONNX import tracks shapes with it while it folds the
+/// shape-computing parts of a model, before the graph exists.
+///
+/// # Errors
+/// As [`Graph::new`] (`InvalidArgument`) and [`Graph::infer_shapes`] (`ShapeMismatch`,
+/// `Unsupported`), naming the node.
+pub(crate) fn node_shape(node: &Node, shapes: &[&[usize]]) -> Result<Vec<usize>> {
+    check_arity(node)?;
+    check_attributes(node)?;
+    if shapes.len() != node.inputs.len() {
+        return Err(Error::Internal {
+            reason: format!(
+                "node '{}' ({}): {} input shapes for {} inputs",
+                node.name,
+                node.op.name(),
+                shapes.len(),
+                node.inputs.len()
+            ),
+        });
+    }
+    infer_named(node, shapes)
+}
+
+fn check_arity(node: &Node) -> Result<()> {
+    let (lo, hi) = node.op.arity();
+    let n = node.inputs.len();
+    if n < lo || n > hi {
+        return Err(invalid(format!(
+            "node '{}' ({}) has {n} inputs; it takes {lo}..={}",
+            node.name,
+            node.op.name(),
+            hi.min(64)
+        )));
+    }
+    Ok(())
 }
 
 fn format_dims(dims: &[Option<usize>]) -> String {

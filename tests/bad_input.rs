@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{invalid, shape_mismatch};
+use common::{invalid, shape_mismatch, unsupported};
 
 use fixq::calib::{self, Calibration};
 use fixq::eval::Dataset;
@@ -61,13 +61,6 @@ fn malformed(e: Error) -> (&'static str, u64, String) {
 }
 
 /// The text of an `Unsupported`.
-fn unsupported(e: Error) -> String {
-    match e {
-        Error::Unsupported(text) => text,
-        other => panic!("expected Unsupported, got {other:?}"),
-    }
-}
-
 /// `(reason, nearest)` of an `Infeasible`.
 fn infeasible(e: Error) -> (String, f64) {
     match e {

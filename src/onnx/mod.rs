@@ -6,11 +6,17 @@
 //! attributes and the BatchNormalization folding rule are listed in `docs/onnx.md`.
 //!
 //! Import resolves every shape-like input (Reshape's shape, Slice's starts/ends/axes/steps, Pad's
-//! pads, Clip's bounds) from initializers or `Constant` nodes into typed attributes, folds each
-//! BatchNormalization into the Conv or Gemm before it, turns Dropout into Identity, and drops
-//! initializers that no remaining node reads.
+//! pads, Clip's bounds) from initializers, `Constant` nodes or folded shape computations into typed
+//! attributes, folds each BatchNormalization into the Conv or Gemm before it, turns Dropout into
+//! Identity, and drops initializers that no remaining node reads.
+//!
+//! Some of that needs the shapes of tensors while the graph is being built: `Shape` chains
+//! (`fold`), `auto_pad = SAME_*` and Pad's `axes`. `dims` tracks them for the declared input shape,
+//! with the batch size `N` kept symbolic.
 
+mod dims;
 pub(crate) mod encode;
+mod fold;
 mod proto;
 mod wire;
 mod write;
@@ -22,6 +28,8 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::error::{Error, Result};
 use crate::graph::{Binary, Graph, Node, Op, Pool2d, TensorInfo, Unary};
+use dims::{Dim, Shapes, format_dims};
+use fold::{Elem, Folded, format_elems};
 use proto::{AttributeProto, NodeProto, TensorProto, attr_type};
 use wire::malformed;
 
@@ -209,15 +217,33 @@ fn dtype_name(code: i32) -> String {
         .map_or_else(|| format!("#{code}"), |s| (*s).to_string())
 }
 
-/// One ONNX node being converted, with its label for messages.
+/// One ONNX node being converted, with its name in the graph and its label for messages.
 struct NodeCtx<'n, 'a> {
     proto: &'n NodeProto<'a>,
+    name: String,
     label: String,
 }
 
 impl NodeCtx<'_, '_> {
     fn unsupported(&self, what: impl std::fmt::Display) -> Error {
         Error::Unsupported(format!("{}: {what}", self.label))
+    }
+
+    /// Names the node in a `ShapeMismatch` or `Unsupported` from a helper that does not know it.
+    fn locate(&self, e: Error) -> Error {
+        match e {
+            Error::ShapeMismatch {
+                what,
+                expected,
+                found,
+            } => Error::ShapeMismatch {
+                what: format!("{}: {what}", self.label),
+                expected,
+                found,
+            },
+            Error::Unsupported(m) => self.unsupported(m),
+            other => other,
+        }
     }
 
     fn invalid(&self, what: impl std::fmt::Display) -> Error {
@@ -287,17 +313,6 @@ impl NodeCtx<'_, '_> {
         Ok(out)
     }
 
-    /// Accepts `auto_pad` NOTSET (or VALID, which means no padding) only.
-    fn explicit_pads(&self) -> Result<[usize; 4]> {
-        match self.string("auto_pad")?.as_deref() {
-            None | Some("NOTSET") | Some("") => self.sizes("pads", [0; 4]),
-            Some("VALID") => Ok([0; 4]),
-            Some(other) => {
-                Err(self.unsupported(format!("auto_pad '{other}' (only NOTSET and VALID)")))
-            }
-        }
-    }
-
     /// The `i`-th input name if present and non-empty.
     fn input(&self, i: usize) -> Option<&str> {
         self.proto
@@ -320,7 +335,14 @@ struct Importer {
     opset: i64,
     floats: HashMap<String, ArrayD<f32>>,
     ints: HashMap<String, ArrayD<i64>>,
+    /// Integer values computed at import that depend on the batch size (`fold`).
+    batch_ints: HashMap<String, ArrayD<Elem>>,
+    /// Float fills of a batch-dependent shape (in `floats` with 1 at those dimensions): the
+    /// shape they stand for.
+    batch_filled: HashMap<String, Vec<Dim>>,
     nodes: Vec<Node>,
+    /// Shapes of the input and the node outputs so far.
+    shapes: Shapes,
     /// Number of node inputs and graph outputs that read each name.
     uses: HashMap<String, usize>,
 }
@@ -377,6 +399,7 @@ impl Importer {
                 .map(|d| d.and_then(|d| usize::try_from(d).ok()).filter(|&d| d > 0))
                 .collect(),
         };
+        self.shapes = Shapes::new(&input);
         let [output] = &graph.outputs[..] else {
             return Err(Error::Unsupported(format!(
                 "the model has {} outputs; exactly one is supported",
@@ -389,13 +412,17 @@ impl Importer {
             } else {
                 format!("node '{}' (op {})", n.name, n.op_type)
             };
-            let ctx = NodeCtx { proto: n, label };
             let name = if n.name.is_empty() {
                 format!("{}_{i}", n.op_type)
             } else {
                 n.name.clone()
             };
-            self.node(&ctx, name)?;
+            let ctx = NodeCtx {
+                proto: n,
+                name,
+                label,
+            };
+            self.node(&ctx)?;
         }
         let mut inits = Vec::new();
         for node in &self.nodes {
@@ -429,10 +456,78 @@ impl Importer {
         let Some(name) = ctx.input(i) else {
             return Ok(None);
         };
+        if let Some(a) = self.batch_ints.get(name) {
+            return Err(ctx.unsupported(format!(
+                "input '{name}' is {}, which depends on the batch size N (only Reshape's shape \
+                 may, as 0 or -1 at position 0)",
+                format_elems(a)
+            )));
+        }
         match self.ints.get(name) {
             Some(a) => Ok(Some(a.iter().copied().collect())),
             None => Err(ctx.unsupported(format!("input '{name}' must be a constant INT64 tensor"))),
         }
+    }
+
+    /// An integer constant (initializer, `Constant` or folded), batch-dependent or not.
+    fn int_value(&self, name: &str) -> Option<ArrayD<Elem>> {
+        self.batch_ints
+            .get(name)
+            .cloned()
+            .or_else(|| self.ints.get(name).map(|a| a.mapv(Elem::Int)))
+    }
+
+    /// The dimensions of any tensor: a constant's own, the shape a batch-dependent fill stands
+    /// for, or the tracked shape of the input or a node output.
+    fn dims_of(&self, name: &str) -> Result<Vec<Dim>> {
+        let fixed = |s: &[usize]| s.iter().map(|&d| Dim::Fixed(d)).collect();
+        if let Some(full) = self.batch_filled.get(name) {
+            return Ok(full.clone());
+        }
+        if let Some(a) = self.ints.get(name) {
+            return Ok(fixed(a.shape()));
+        }
+        if let Some(a) = self.batch_ints.get(name) {
+            return Ok(fixed(a.shape()));
+        }
+        self.shapes.dims(name, &self.nodes, &self.floats)
+    }
+
+    /// A fill of a batch-dependent shape is held with 1 in place of each `k·N`; that is the same
+    /// only where an element-wise op broadcasts it back against a tensor of that batch size.
+    fn check_batch_filled(&self, ctx: &NodeCtx<'_, '_>, op: &Op, inputs: &[String]) -> Result<()> {
+        for (j, name) in inputs.iter().enumerate() {
+            let Some(full) = self.batch_filled.get(name) else {
+                continue;
+            };
+            let other = match (op, inputs) {
+                (Op::Add | Op::Binary(_), [a, b]) => Some(if j == 0 { b } else { a }),
+                _ => None,
+            };
+            let restored = match other {
+                Some(o) if !self.batch_filled.contains_key(o) => {
+                    let od = self.dims_of(o)?;
+                    full.iter().rev().enumerate().all(|(i, d)| match d {
+                        Dim::Batch(_) => od.len() > i && od[od.len() - 1 - i] == *d,
+                        _ => true,
+                    })
+                }
+                _ => false,
+            };
+            if !restored {
+                let kept: Vec<usize> = self
+                    .floats
+                    .get(name)
+                    .map_or(Vec::new(), |a| a.shape().to_vec());
+                return Err(ctx.unsupported(format!(
+                    "input '{name}' is a ConstantOfShape of the batch-dependent shape {}, which \
+                     import keeps as {kept:?}; only an Add, Sub, Mul, Div or PRelu with a tensor \
+                     of that batch size (which broadcasts it back) may read it",
+                    format_dims(full)
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn float_scalar(&self, ctx: &NodeCtx<'_, '_>, i: usize) -> Result<Option<f32>> {
@@ -464,15 +559,17 @@ impl Importer {
     }
 
     fn push(&mut self, name: String, op: Op, inputs: Vec<String>, output: String) {
-        self.nodes.push(Node {
+        let node = Node {
             name,
             op,
             inputs,
             output,
-        });
+        };
+        self.shapes.record(self.nodes.len(), &node, &self.floats);
+        self.nodes.push(node);
     }
 
-    fn node(&mut self, ctx: &NodeCtx<'_, '_>, name: String) -> Result<()> {
+    fn node(&mut self, ctx: &NodeCtx<'_, '_>) -> Result<()> {
         let n = ctx.proto;
         if !(n.domain.is_empty() || n.domain == "ai.onnx") {
             return Err(ctx.unsupported(format!("operator domain '{}'", n.domain)));
@@ -480,13 +577,44 @@ impl Importer {
         if n.op_type == "Constant" {
             return self.constant_node(ctx);
         }
+        if let Some(value) = fold::fold(self, ctx)? {
+            let output = self.single_output(ctx)?;
+            self.store_folded(output, value);
+            return Ok(());
+        }
         let Some((_, build)) = OPS.iter().find(|(op, _)| *op == n.op_type) else {
             return Err(ctx.unsupported("unsupported op"));
         };
         let output = self.single_output(ctx)?;
         let (op, inputs) = build(self, ctx)?;
-        self.push(name, op, inputs, output);
+        self.check_batch_filled(ctx, &op, &inputs)?;
+        self.push(ctx.name.clone(), op, inputs, output);
         Ok(())
+    }
+
+    /// Keeps a folded node's value: plain integers with the other integer constants, values that
+    /// depend on the batch size apart, float values as initializers.
+    fn store_folded(&mut self, output: String, value: Folded) {
+        match value {
+            Folded::Ints(a) => {
+                if a.iter().all(|e| matches!(e, Elem::Int(_))) {
+                    let plain = a.mapv(|e| match e {
+                        Elem::Int(v) => v,
+                        Elem::Batch(_) => 0,
+                    });
+                    self.ints.insert(output, plain);
+                } else {
+                    self.batch_ints.insert(output, a);
+                }
+            }
+            Folded::Floats(a) => {
+                self.floats.insert(output, a);
+            }
+            Folded::BatchFilled { reduced, full } => {
+                self.floats.insert(output.clone(), reduced);
+                self.batch_filled.insert(output, full);
+            }
+        }
     }
 
     fn constant_node(&mut self, ctx: &NodeCtx<'_, '_>) -> Result<()> {
@@ -581,7 +709,6 @@ fn op_conv(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
         "pads",
         "strides",
     ])?;
-    let pad = ctx.explicit_pads()?;
     let groups =
         usize::try_from(ctx.int("group", 1)?).map_err(|_| ctx.invalid("negative group"))?;
     let mut inputs = data_inputs(ctx, 2)?;
@@ -605,13 +732,101 @@ fn op_conv(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
             });
         }
     }
+    let kernel = match imp.floats.get(&inputs[1]).map(ArrayD::shape) {
+        Some(&[_, _, kh, kw]) => [kh, kw],
+        _ => ctx.sizes("kernel_shape", [1, 1])?,
+    };
+    let stride = ctx.sizes("strides", [1, 1])?;
+    let dilation = ctx.sizes("dilations", [1, 1])?;
     let op = Op::Conv {
-        stride: ctx.sizes("strides", [1, 1])?,
-        pad,
-        dilation: ctx.sizes("dilations", [1, 1])?,
+        stride,
+        pad: pads(imp, ctx, kernel, stride, dilation)?,
+        dilation,
         groups,
     };
     Ok((op, inputs))
+}
+
+/// The explicit pads `[top, left, bottom, right]` of a Conv or pool: the `pads` attribute
+/// (`auto_pad = NOTSET`), none (`VALID`), or for `SAME_UPPER` / `SAME_LOWER` the pads that give
+/// `ceil(in / stride)` outputs along each spatial axis of the input's declared size. The total
+/// along an axis is (ONNX)
+///
+/// ```text
+/// total = max(0, (ceil(in / stride) - 1) · stride + (kernel - 1) · dilation + 1 - in)
+/// ```
+///
+/// and SAME_UPPER puts `total / 2` (rounded down) at the beginning, SAME_LOWER rounded up. With
+/// `auto_pad` set, the `pads` attribute is ignored, as onnxruntime does.
+fn pads(
+    imp: &Importer,
+    ctx: &NodeCtx<'_, '_>,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+) -> Result<[usize; 4]> {
+    let mode = ctx.string("auto_pad")?.unwrap_or_default();
+    let lower = match mode.as_str() {
+        "" | "NOTSET" => return ctx.sizes("pads", [0; 4]),
+        "VALID" => return Ok([0; 4]),
+        "SAME_UPPER" => false,
+        "SAME_LOWER" => true,
+        other => {
+            return Err(ctx.unsupported(format!(
+                "auto_pad '{other}' (NOTSET, VALID, SAME_UPPER or SAME_LOWER)"
+            )));
+        }
+    };
+    let x = ctx.required_input(0)?;
+    let dims = imp.dims_of(&x)?;
+    let &[_, _, h, w] = &dims[..] else {
+        return Err(ctx.unsupported(format!(
+            "auto_pad '{mode}' needs a 4-D NCHW input, but '{x}' has shape {}",
+            format_dims(&dims)
+        )));
+    };
+    let (Dim::Fixed(h), Dim::Fixed(w)) = (h, w) else {
+        return Err(ctx.unsupported(format!(
+            "auto_pad '{mode}' needs the input's height and width, but '{x}' has shape {}: they \
+             must be fixed by the declared input shape",
+            format_dims(&dims)
+        )));
+    };
+    let mut pad = [0; 4];
+    for (axis, len) in [h, w].into_iter().enumerate() {
+        let total =
+            same_pad_total(len, kernel[axis], stride[axis], dilation[axis]).ok_or_else(|| {
+                ctx.unsupported(format!(
+                    "auto_pad '{mode}': the padding of a window of {} taps at stride {} and \
+                     dilation {} over {len} elements overflows",
+                    kernel[axis], stride[axis], dilation[axis]
+                ))
+            })?;
+        let small = total / 2;
+        let (begin, end) = if lower {
+            (total - small, small)
+        } else {
+            (small, total - small)
+        };
+        pad[axis] = begin;
+        pad[axis + 2] = end;
+    }
+    Ok(pad)
+}
+
+/// The total SAME padding along one axis (see [`pads`]); 0 for a zero kernel, stride or dilation,
+/// which [`Graph::new`] refuses. `None` on overflow.
+fn same_pad_total(len: usize, kernel: usize, stride: usize, dilation: usize) -> Option<usize> {
+    if kernel == 0 || stride == 0 || dilation == 0 {
+        return Some(0);
+    }
+    let outputs = len.div_ceil(stride);
+    let needed = outputs
+        .saturating_sub(1)
+        .checked_mul(stride)?
+        .checked_add((kernel - 1).checked_mul(dilation)?)?
+        .checked_add(1)?;
+    Some(needed.saturating_sub(len))
 }
 
 fn op_gemm(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
@@ -678,7 +893,7 @@ fn op_clip(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
     Ok((Op::Clip { min, max }, data_inputs(ctx, 1)?))
 }
 
-fn op_pool(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+fn op_pool(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
     let op_type = ctx.proto.op_type.as_str();
     let mut known = vec![
         "auto_pad",
@@ -697,11 +912,14 @@ fn op_pool(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
     if ctx.ints("kernel_shape")?.is_none() {
         return Err(ctx.invalid("attribute 'kernel_shape' is required"));
     }
+    let kernel = ctx.sizes("kernel_shape", [1, 1])?;
+    let stride = ctx.sizes("strides", [1, 1])?;
+    let dilation = ctx.sizes("dilations", [1, 1])?;
     let pool = Pool2d {
-        kernel: ctx.sizes("kernel_shape", [1, 1])?,
-        stride: ctx.sizes("strides", [1, 1])?,
-        pad: ctx.explicit_pads()?,
-        dilation: ctx.sizes("dilations", [1, 1])?,
+        kernel,
+        stride,
+        pad: pads(imp, ctx, kernel, stride, dilation)?,
+        dilation,
         ceil_mode: ctx.int("ceil_mode", 0)? != 0,
     };
     let op = if op_type == "MaxPool" {
@@ -727,22 +945,37 @@ fn op_flatten(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> 
 
 fn op_reshape(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
     ctx.only_attributes(&["allowzero", "shape"])?;
-    let shape = match ctx.ints("shape")? {
-        Some(s) => s,
-        None => imp
+    let allow_zero = ctx.int("allowzero", 0)? != 0;
+    let shape = match (ctx.ints("shape")?, ctx.input(1)) {
+        (Some(s), _) => s,
+        (None, Some(t)) if imp.batch_ints.contains_key(t) => {
+            fold::batch_reshape(imp, ctx, &imp.batch_ints[t], allow_zero)?
+        }
+        (None, _) => imp
             .int_const(ctx, 1)?
             .ok_or_else(|| ctx.invalid("no target shape"))?,
     };
+    Ok((Op::Reshape { shape, allow_zero }, data_inputs(ctx, 1)?))
+}
+
+fn op_slice(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    let (starts, ends, axes, steps) = slice_parameters(imp, ctx)?;
     Ok((
-        Op::Reshape {
-            shape,
-            allow_zero: ctx.int("allowzero", 0)? != 0,
+        Op::Slice {
+            starts,
+            ends,
+            axes,
+            steps,
         },
         data_inputs(ctx, 1)?,
     ))
 }
 
-fn op_slice(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+/// Slice's `(starts, ends, axes, steps)`: attributes (opset < 10) or constant inputs, axes and steps
+/// defaulted.
+type SliceParameters = (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>);
+
+fn slice_parameters(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<SliceParameters> {
     ctx.only_attributes(&["starts", "ends", "axes"])?;
     let (starts, ends, axes, steps) = match ctx.ints("starts")? {
         Some(starts) => (
@@ -762,15 +995,7 @@ fn op_slice(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> 
     };
     let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
     let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
-    Ok((
-        Op::Slice {
-            starts,
-            ends,
-            axes,
-            steps,
-        },
-        data_inputs(ctx, 1)?,
-    ))
+    Ok((starts, ends, axes, steps))
 }
 
 fn op_pad(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
@@ -780,10 +1005,7 @@ fn op_pad(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
     {
         return Err(ctx.unsupported(format!("mode '{mode}' (only constant)")));
     }
-    if ctx.input(3).is_some() {
-        return Err(ctx.unsupported("the 'axes' input"));
-    }
-    let (pads, value) = match ctx.ints("pads")? {
+    let (mut pads, value) = match ctx.ints("pads")? {
         Some(p) => (p, ctx.float("value", 0.0)?),
         None => (
             imp.int_const(ctx, 1)?
@@ -791,7 +1013,54 @@ fn op_pad(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
             imp.float_scalar(ctx, 2)?.unwrap_or(0.0),
         ),
     };
-    Ok((Op::Pad { pads, value }, data_inputs(ctx, 1)?))
+    let inputs = data_inputs(ctx, 1)?;
+    if let Some(axes) = imp.int_const(ctx, 3)? {
+        let rank = imp.dims_of(&inputs[0])?.len();
+        pads = pads_on_axes(ctx, &inputs[0], rank, &pads, &axes)?;
+    }
+    Ok((Op::Pad { pads, value }, inputs))
+}
+
+/// Pad-18's `pads` for the listed `axes` (`[b_0, .., b_{m-1}, e_0, .., e_{m-1}]`, axes negative from
+/// the end) as pads for every axis of a rank-`rank` input, 0 on the others.
+fn pads_on_axes(
+    ctx: &NodeCtx<'_, '_>,
+    input: &str,
+    rank: usize,
+    pads: &[i64],
+    axes: &[i64],
+) -> Result<Vec<i64>> {
+    let m = axes.len();
+    if pads.len() != 2 * m {
+        return Err(Error::ShapeMismatch {
+            what: format!("{}: pads", ctx.label),
+            expected: format!("{} values (begin and end for each of the {m} axes)", 2 * m),
+            found: format!("{pads:?}"),
+        });
+    }
+    let r = rank as i64;
+    let mut full = vec![0; 2 * rank];
+    let mut seen = vec![false; rank];
+    for (j, &a) in axes.iter().enumerate() {
+        let resolved = if a < 0 { a.checked_add(r) } else { Some(a) };
+        let Some(i) = resolved.filter(|i| (0..r).contains(i)).map(|i| i as usize) else {
+            return Err(Error::ShapeMismatch {
+                what: format!("{}: axes", ctx.label),
+                expected: format!("axes in -{r}..{r} (input '{input}' has rank {rank})"),
+                found: format!("{axes:?}"),
+            });
+        };
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(Error::ShapeMismatch {
+                what: format!("{}: axes", ctx.label),
+                expected: "distinct axes".into(),
+                found: format!("{axes:?} (axis {i} twice)"),
+            });
+        }
+        full[i] = pads[j];
+        full[i + rank] = pads[j + m];
+    }
+    Ok(full)
 }
 
 fn op_concat(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
@@ -879,19 +1148,23 @@ fn op_transpose(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)
 }
 
 fn op_squeeze_unsqueeze(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {
+    Ok((squeeze_unsqueeze(imp, ctx)?, data_inputs(ctx, 1)?))
+}
+
+/// Squeeze or Unsqueeze with its axes from the attribute (opset < 13) or the constant input.
+fn squeeze_unsqueeze(imp: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<Op> {
     ctx.only_attributes(&["axes"])?;
     let axes = match ctx.ints("axes")? {
         Some(a) => a,
         None => imp.int_const(ctx, 1)?.unwrap_or_default(),
     };
-    let op = if ctx.proto.op_type == "Squeeze" {
-        Op::Squeeze { axes }
+    if ctx.proto.op_type == "Squeeze" {
+        Ok(Op::Squeeze { axes })
     } else if axes.is_empty() {
-        return Err(ctx.invalid("Unsqueeze needs axes"));
+        Err(ctx.invalid("Unsqueeze needs axes"))
     } else {
-        Op::Unsqueeze { axes }
-    };
-    Ok((op, data_inputs(ctx, 1)?))
+        Ok(Op::Unsqueeze { axes })
+    }
 }
 
 fn op_global_max_pool(_: &Importer, ctx: &NodeCtx<'_, '_>) -> Result<(Op, Vec<String>)> {

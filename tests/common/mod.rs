@@ -24,6 +24,14 @@ pub fn shape_mismatch(e: Error) -> (String, String, String) {
     }
 }
 
+/// The message of an `Unsupported`.
+pub fn unsupported(e: Error) -> String {
+    match e {
+        Error::Unsupported(text) => text,
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+}
+
 /// A varint.
 pub fn varint(mut v: u64, out: &mut Vec<u8>) {
     while v >= 0x80 {
