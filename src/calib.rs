@@ -237,11 +237,10 @@ fn push(
     name: &str,
     x: &ArrayViewD<'_, f32>,
 ) -> Result<()> {
-    let acc = map.entry(name.to_string()).or_default();
-    let r = match x.as_slice() {
-        Some(s) => acc.push_slice(s),
-        None => acc.push_slice(&x.iter().copied().collect::<Vec<f32>>()),
-    };
+    let r = map
+        .entry(name.to_string())
+        .or_default()
+        .push_slice(&contiguous(x));
     r.map_err(|e| match e {
         Error::NonFinite { index, value, .. } => Error::InvalidArgument {
             name: "activation",
@@ -258,10 +257,16 @@ fn push_histogram(
     name: &str,
     x: &ArrayViewD<'_, f32>,
 ) -> Result<()> {
-    let h = map.entry(name.to_string()).or_default();
+    map.entry(name.to_string())
+        .or_default()
+        .push_slice(&contiguous(x))
+}
+
+/// `x`'s values in logical order: borrowed when it is contiguous, else copied once.
+fn contiguous<'a>(x: &'a ArrayViewD<'_, f32>) -> std::borrow::Cow<'a, [f32]> {
     match x.as_slice() {
-        Some(s) => h.push_slice(s),
-        None => h.push_slice(&x.iter().copied().collect::<Vec<f32>>()),
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(x.iter().copied().collect()),
     }
 }
 
