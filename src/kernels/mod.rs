@@ -73,7 +73,7 @@ pub(crate) mod x86_64;
 pub(crate) use conv::bias_formats_of;
 pub use conv::{Conv2d, Conv2dParams};
 pub use dense::Dense;
-pub use eltwise::{MAX_ADD_FRAC_GAP, add};
+pub use eltwise::{AddPlan, MAX_ADD_FRAC_GAP, Rescale, add};
 pub use pool::{Pool2dParams, avg_pool2d, global_avg_pool, max_pool2d};
 
 use crate::error::{Error, Result};

@@ -4,17 +4,16 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
-use super::shape::shift_round;
 use super::{
     Grad, Inputs, IntOp, Lower, Lowered, OpFamily, broadcast_zip, clip_code, reduce_to_shape,
 };
 use crate::error::{Error, Result};
 use crate::exec::act::{Act, Code, Kind, Visit2, Visit3, dispatch2, dispatch3, wrong_storage};
-use crate::fixed::QTensor;
+use crate::fixed::QFormat;
 use crate::graph::Op;
-use crate::kernels::{Activation, OutputStage, Scratch, add as add_codes};
+use crate::kernels::{Activation, AddPlan, OutputStage, Rescale, Scratch};
 
 /// Add, Relu, Clip.
 pub(super) struct Elementwise;
@@ -91,20 +90,33 @@ impl OpFamily for Elementwise {
                     .get(1)
                     .copied()
                     .ok_or_else(|| cx.unsupported("Add needs two activation inputs"))?;
-                dispatch3(ka, Kind::of(fb)?, Kind::of(of)?, BuildAdd(stage))
+                struct Prepare(QFormat, QFormat, OutputStage);
+                impl Visit3 for Prepare {
+                    type Out = Result<AddPlan>;
+                    fn visit<A: Code, B: Code, O: Code>(self) -> Result<AddPlan> {
+                        AddPlan::new::<A, B, O>(self.0, self.1, self.2)
+                    }
+                }
+                let (kb, ko) = (Kind::of(fb)?, Kind::of(of)?);
+                let plan = dispatch3(ka, kb, ko, Prepare(cx.in_format()?, fb, stage))?;
+                dispatch3(ka, kb, ko, BuildAdd(plan))
             }
             Op::Clip { min, max } => {
                 let act = Activation::Clip {
                     min: clip_code(of, f64::from(min), true),
                     max: clip_code(of, f64::from(max), false),
                 };
-                dispatch2(ka, Kind::of(of)?, BuildRequant(stage.with_activation(act)))
+                dispatch2(
+                    ka,
+                    Kind::of(of)?,
+                    BuildRequant(cx.in_format()?, stage.with_activation(act)),
+                )?
             }
             _ => dispatch2(
                 ka,
                 Kind::of(of)?,
-                BuildRequant(stage.with_activation(Activation::Relu)),
-            ),
+                BuildRequant(cx.in_format()?, stage.with_activation(Activation::Relu)),
+            )?,
         };
         Ok(Lowered {
             op,
@@ -138,42 +150,43 @@ pub(super) fn apply_unary_in_place(op: &Op, x: &mut ArrayD<f32>) {
     }
 }
 
-struct BuildRequant(OutputStage);
+struct BuildRequant(QFormat, OutputStage);
 
 impl Visit2 for BuildRequant {
-    type Out = Arc<dyn IntOp>;
+    type Out = Result<Arc<dyn IntOp>>;
     fn visit<A: Code, O: Code>(self) -> Self::Out {
-        Arc::new(Requant::<A, O>(self.0, PhantomData))
+        let r = Rescale::new::<A, O>(self.0, self.1)?;
+        Ok(Arc::new(Requant::<A, O>(r, PhantomData)))
     }
 }
 
 /// Requantizes codes to the stage's format (ties to even, as the element-wise kernels), then saturates to its
-/// range and activation.
+/// range and activation; the memory order of its input is kept.
 #[derive(Debug)]
-struct Requant<A, O>(OutputStage, PhantomData<fn(A) -> O>);
+struct Requant<A, O>(Rescale, PhantomData<fn(A) -> O>);
 
 impl<A: Code, O: Code> IntOp for Requant<A, O> {
     fn run(&self, x: &mut Inputs<'_>, _: &mut Scratch) -> Result<Act> {
-        let a = x.get(0)?;
-        let fi = a.format();
-        let codes = A::view(a).ok_or_else(|| wrong_storage(x.step))?;
-        let fo = self.0.format;
-        let shift = fi.frac_bits() - fo.frac_bits();
-        let (mut lo, mut hi) = (fo.min_code(), fo.max_code());
-        match self.0.activation {
-            Activation::Identity => {}
-            Activation::Relu => lo = lo.max(0),
-            Activation::Clip { min, max } => {
-                lo = lo.max(min);
-                hi = hi.min(max);
+        let codes = A::view(x.get(0)?).ok_or_else(|| wrong_storage(x.step))?;
+        let layout = MemoryOrder::of(&codes);
+        let owned;
+        let src = match layout.slice(&codes) {
+            Some(s) => s,
+            None => {
+                owned = layout.copy_into(&codes);
+                &owned[..]
             }
-        }
-        let out = codes.mapv(|q| O::from_code(shift_round(q.to_code(), shift).clamp(lo, hi)));
-        Ok(O::wrap(out, fo))
+        };
+        let mut out = vec![O::default(); src.len()];
+        self.0.run(src, &mut out)?;
+        Ok(O::wrap(
+            layout.array(codes.shape(), out)?,
+            self.0.output_format(),
+        ))
     }
 }
 
-struct BuildAdd(OutputStage);
+struct BuildAdd(AddPlan);
 
 impl Visit3 for BuildAdd {
     type Out = Arc<dyn IntOp>;
@@ -182,21 +195,101 @@ impl Visit3 for BuildAdd {
     }
 }
 
-/// A residual sum of `A` and `B` codes into `O` codes.
+/// A residual sum of `A` codes and `B` codes into `O` codes, over the operands' common memory order
+/// (channels-last when the first operand is, so the next convolution needs no transpose).
 #[derive(Debug)]
-struct AddStep<A, B, O>(OutputStage, PhantomData<fn(A, B) -> O>);
+struct AddStep<A, B, O>(AddPlan, PhantomData<fn(A, B) -> O>);
 
 impl<A: Code, B: Code, O: Code> IntOp for AddStep<A, B, O> {
     fn run(&self, x: &mut Inputs<'_>, _: &mut Scratch) -> Result<Act> {
         let (a, b) = (x.get(0)?, x.get(1)?);
-        let (fa, fb) = (a.format(), b.format());
         let va = A::view(a).ok_or_else(|| wrong_storage(x.step))?;
         let vb = B::view(b).ok_or_else(|| wrong_storage(x.step))?;
+        if va.shape() != vb.shape() {
+            return Err(Error::ShapeMismatch {
+                what: format!("operands of '{}'", x.step),
+                expected: format!("{:?}", va.shape()),
+                found: format!("{:?}", vb.shape()),
+            });
+        }
         // Both operands were produced by the network's own steps in their formats: no range scan.
-        let qa = QTensor::from_codes_trusted(va.to_owned(), vec![fa], None);
-        let qb = QTensor::from_codes_trusted(vb.to_owned(), vec![fb], None);
-        let y = add_codes::<A, B, O, _>(&qa, &qb, self.0)?;
-        Ok(O::wrap(y.into_codes(), self.0.format))
+        let layout = MemoryOrder::of(&va);
+        let sa = layout.slice(&va);
+        let sb_owned;
+        let sb = match layout.slice(&vb) {
+            Some(s) => s,
+            None => {
+                sb_owned = layout.copy_into(&vb);
+                &sb_owned[..]
+            }
+        };
+        let sa_owned;
+        let sa = match sa {
+            Some(s) => s,
+            None => {
+                sa_owned = layout.copy_into(&va);
+                &sa_owned[..]
+            }
+        };
+        let mut out = vec![O::default(); sa.len()];
+        self.0.run(sa, sb, &mut out)?;
+        Ok(O::wrap(
+            layout.array(va.shape(), out)?,
+            self.0.output_format(),
+        ))
+    }
+}
+
+/// The memory order an element-wise step works in: row-major, or channels-last (an NCHW-shaped
+/// view of NHWC memory, as the convolutions leave their outputs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemoryOrder {
+    RowMajor,
+    ChannelsLast,
+}
+
+impl MemoryOrder {
+    fn of<T>(a: &ArrayViewD<'_, T>) -> Self {
+        if a.ndim() == 4
+            && !a.is_standard_layout()
+            && a.view()
+                .permuted_axes(IxDyn(&[0, 2, 3, 1]))
+                .is_standard_layout()
+        {
+            MemoryOrder::ChannelsLast
+        } else {
+            MemoryOrder::RowMajor
+        }
+    }
+    /// The elements in this order, borrowed, if `a` is stored so.
+    fn slice<'a, T>(self, a: &'a ArrayViewD<'_, T>) -> Option<&'a [T]> {
+        match self {
+            MemoryOrder::RowMajor => a.as_slice(),
+            MemoryOrder::ChannelsLast if MemoryOrder::of(a) == self => a.as_slice_memory_order(),
+            MemoryOrder::ChannelsLast => None,
+        }
+    }
+    /// The elements in this order, copied.
+    fn copy_into<T: Copy>(self, a: &ArrayViewD<'_, T>) -> Vec<T> {
+        match self {
+            MemoryOrder::RowMajor => a.iter().copied().collect(),
+            MemoryOrder::ChannelsLast => a
+                .view()
+                .permuted_axes(IxDyn(&[0, 2, 3, 1]))
+                .iter()
+                .copied()
+                .collect(),
+        }
+    }
+    /// An array of logical shape `shape` over `v`, stored in this order.
+    fn array<T>(self, shape: &[usize], v: Vec<T>) -> Result<ArrayD<T>> {
+        Ok(match self {
+            MemoryOrder::RowMajor => ArrayD::from_shape_vec(IxDyn(shape), v)?,
+            MemoryOrder::ChannelsLast => {
+                let nhwc = [shape[0], shape[2], shape[3], shape[1]];
+                ArrayD::from_shape_vec(IxDyn(&nhwc), v)?.permuted_axes(IxDyn(&[0, 3, 1, 2]))
+            }
+        })
     }
 }
 

@@ -254,8 +254,13 @@ impl<O: Code> IntOp for Concat<O> {
 /// [`crate::kernels::reference::shift_right_even`]).
 pub(crate) fn shift_round(q: i64, shift: i32) -> i64 {
     if shift > 0 {
-        let s = shift.min(62) as u32;
-        crate::kernels::reference::shift_right_even(i128::from(q), s) as i64
+        // q >> s, then up where the remainder passes half (or is half and the quotient odd): exact
+        // in i64, as (q >> s) << s never exceeds |q|.
+        let s = shift.min(63) as u32;
+        let f = q >> s;
+        let r = q - (f << s);
+        let half = 1i64 << (s - 1);
+        f + i64::from(r > half || (r == half && f & 1 == 1))
     } else {
         q << (-shift).min(40) as u32
     }
@@ -382,5 +387,28 @@ mod integer_tests {
         assert_eq!(shift_round(9, 3), 1); // 1.125 -> 1
         assert_eq!(shift_round(7, 0), 7);
         assert_eq!(shift_round(-3, -2), -12);
+        // The i64 form agrees with the 128-bit reference, extremes included.
+        for s in 1..=63 {
+            for q in [
+                i64::MIN,
+                i64::MIN + 1,
+                -65536,
+                -32769,
+                -3,
+                -1,
+                0,
+                1,
+                3,
+                32767,
+                65535,
+                i64::MAX,
+            ]
+            .into_iter()
+            .chain((-300..300).map(|k| k * 7))
+            {
+                let want = crate::kernels::reference::shift_right_even(i128::from(q), s as u32);
+                assert_eq!(i128::from(shift_round(q, s)), want, "q {q} s {s}");
+            }
+        }
     }
 }
