@@ -490,6 +490,24 @@ impl<K: MicroKernel> Packed<K> {
                     *o = image + px + gi * self.cg_pad;
                 }
                 self.k.tile(xbuf, &offs[..m], wblk, geo, &mut acc)?;
+                if layout == Layout::Nhwc && nr_valid == K::NR && rq.right_only {
+                    // Full channel blocks, right shifts only (the common case): requantize and
+                    // store each pixel's NR channels in one fixed-width pass that vectorizes.
+                    let bias = &self.bias[oc0..][..K::NR];
+                    let (r, r1) = (&rq.r[oc0..][..K::NR], &rq.r1[oc0..][..K::NR]);
+                    for p in 0..m {
+                        let at = (unit.n * how + j + p) * g.c_out + oc0 - out_base;
+                        let dst = &mut out[at..at + K::NR];
+                        let a = &acc[p * K::NR..][..K::NR];
+                        for c in 0..K::NR {
+                            let t = a[c].wrapping_add(bias[c]);
+                            let q = (t >> (r[c] & 31)) + ((t >> (r1[c] & 31)) & 1);
+                            dst[c] = O::from_i32(q.max(rq.lo_all).min(rq.hi_all));
+                        }
+                    }
+                    j += m;
+                    continue;
+                }
                 for p in 0..m {
                     let jj = j + p;
                     let ys = &mut ys[..nr_valid];
