@@ -224,8 +224,9 @@ impl AddPlan {
 /// A change of format prepared once: y = sat(round(x·2^(n_y − n_x))) at the stage's format and
 /// activation, ties to even (the network's stand-alone Relu/Clip and its format changes).
 ///
-/// The reference is [`super::reference::requantize_even_wide`]; [`Rescale::run`] uses `i32` lanes
-/// (vectorized) when |x|·2^(−shift) < 2³⁰ and the right shift is at most 30, else `i64`.
+/// The reference is the 128-bit ties-to-even requantization of the element-wise paths;
+/// [`Rescale::run`] uses `i32` lanes (vectorized) when |x|·2^(−shift) < 2³⁰ and the right shift is
+/// at most 30, else 128-bit arithmetic.
 ///
 /// # Example
 /// ```
