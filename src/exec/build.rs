@@ -127,6 +127,18 @@ fn data_slots(graph: &Graph, i: usize) -> Result<Vec<usize>> {
                 .ok_or_else(|| unsupported(node, "its data input must be an activation"))?;
             Ok(vec![s])
         }
+        // A constant operand of Sub/Mul/Div/PRelu is quantized into the step itself.
+        Op::Binary(_) => {
+            let slots: Vec<usize> = node
+                .inputs
+                .iter()
+                .filter_map(|n| slot_of(graph, n, i))
+                .collect();
+            if slots.is_empty() {
+                return Err(unsupported(node, "both operands are constants"));
+            }
+            Ok(slots)
+        }
         _ => node
             .inputs
             .iter()
@@ -200,6 +212,15 @@ pub(crate) fn lower_all(src: &Sources<'_>) -> Result<Vec<Step>> {
                 weights,
                 fused: fused[i].map(|j| &nodes[j]),
                 choice: src.choice,
+                constants: node
+                    .inputs
+                    .iter()
+                    .map(|n| match slot_of(graph, n, i) {
+                        Some(_) => None,
+                        None => graph.initializer(n),
+                    })
+                    .collect(),
+                is_output: node.output == graph.output().name,
             };
             ops::family(&node.op).lower_fixed(&cx)?
         };

@@ -3,7 +3,10 @@
 //! Between quantizing the input and dequantizing the output, everything runs in integers: weighted
 //! layers through [`crate::kernels::Conv2d`] / [`crate::kernels::Dense`] (with bias in the accumulator's
 //! format and ReLU/Clip fused), pools through the integer pools, residual sums through
-//! [`crate::kernels::add`], and `Flatten`/`Reshape`/`Identity` as moves of codes.
+//! [`crate::kernels::add`], element-wise functions as exact lookup tables over the input codes,
+//! Sub/Mul/Div/PRelu as exact integer arithmetic rounded once, and the layout ops as moves of codes
+//! (`docs/onnx.md` lists every op and its bound). A Softmax that ends the graph runs in `f32` on the
+//! dequantized output.
 //! Activations are stored as `u8` (unsigned, ≤ 8 bits), `i8` (signed, ≤ 8 bits) or `i16`.
 //!
 //! # Example
@@ -25,10 +28,10 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use super::act::{Act, Kind};
 use super::build::{self, Sources, Step};
-use super::ops::Inputs;
+use super::ops::{self, Inputs};
 use crate::error::{Error, Result};
 use crate::fixed::QFormat;
-use crate::graph::{Graph, layer_weights};
+use crate::graph::{Graph, Op, layer_weights};
 use crate::kernels::{KernelChoice, KernelId, Scratch};
 use crate::pack::WeightCodes;
 use crate::quant_plan::QuantPlan;
@@ -46,6 +49,9 @@ pub struct FixedNetwork {
     output_slot: usize,
     weights: Vec<WeightCodes>,
     kernels: Vec<(String, KernelId)>,
+    /// A Softmax that produces the graph's output: applied in `f32` to the dequantized codes of
+    /// its input.
+    final_softmax: Option<Op>,
 }
 
 impl FixedNetwork {
@@ -110,6 +116,11 @@ impl FixedNetwork {
             }
         }
         last_use[output_slot] = None;
+        let final_softmax = graph
+            .nodes()
+            .last()
+            .filter(|n| n.output == graph.output().name && matches!(n.op, Op::Softmax { .. }))
+            .map(|n| n.op.clone());
         Ok(Self {
             input_format,
             input_name,
@@ -119,6 +130,7 @@ impl FixedNetwork {
             output_slot,
             weights,
             kernels,
+            final_softmax,
         })
     }
 
@@ -151,7 +163,9 @@ impl FixedNetwork {
         &self.kernels
     }
 
-    /// Runs the network: quantize `input`, integer kernels, dequantize the output.
+    /// Runs the network: quantize `input`, integer kernels, dequantize the output (then, where the
+    /// graph ends in a Softmax, that Softmax in `f32`: it is the one op that does not run in
+    /// integers).
     ///
     /// # Errors
     /// [`Error::NonFinite`] for NaN/±∞ input; [`Error::ShapeMismatch`] for an input whose rank or
@@ -160,7 +174,7 @@ impl FixedNetwork {
         self.check_input(input.shape())?;
         let x = Act::quantize(input, self.input_format)?;
         let out = self.run_codes(x, &mut None::<&mut fn(&str, &ArrayViewD<'_, f32>)>)?;
-        Ok(out.dequantize())
+        self.finish(out)
     }
 
     /// As [`FixedNetwork::run`], calling `observer(tensor_name, dequantized)` for the quantized input
@@ -176,7 +190,16 @@ impl FixedNetwork {
         let x = Act::quantize(input, self.input_format)?;
         observer(&self.input_name, &x.dequantize().view());
         let out = self.run_codes(x, &mut Some(&mut observer))?;
-        Ok(out.dequantize())
+        self.finish(out)
+    }
+
+    /// The dequantized output codes, through the final Softmax where the graph ends in one.
+    fn finish(&self, out: Act) -> Result<ArrayD<f32>> {
+        let y = out.dequantize();
+        match &self.final_softmax {
+            Some(op) => ops::eval_float(op, &[y.view()], y.shape()),
+            None => Ok(y),
+        }
     }
 
     /// The input's shape against the graph's declared one (the batch, axis 0, may be any size).

@@ -188,7 +188,10 @@ pub fn activation_points(graph: &Graph) -> Vec<(String, Option<usize>)> {
             | Op::GlobalAveragePool
             | Op::Relu
             | Op::Clip { .. }
-            | Op::Concat { .. } => points.push((node.output.clone(), Some(i))),
+            | Op::Concat { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::ReduceMean { .. } => points.push((node.output.clone(), Some(i))),
             _ => {}
         }
     }

@@ -1,18 +1,112 @@
-//! Float-only ops (the integer network refuses them, naming the node): element-wise functions
-//! (Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu), broadcasting Sub/Mul/Div/PRelu, layout moves
-//! (Transpose, Squeeze, Unsqueeze), reductions (GlobalMaxPool, ReduceMean) and Softmax.
+//! Element-wise functions (Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu), broadcasting
+//! Sub/Mul/Div/PRelu, layout moves (Transpose, Squeeze, Unsqueeze), reductions (GlobalMaxPool,
+//! ReduceMean) and Softmax.
+//!
+//! In integers: the element-wise functions are lookup tables over the input codes ([`super::lut`]);
+//! Sub/Mul/Div/PRelu compute the exact result and round it once ([`super::arith`]; a constant
+//! operand is quantized to 16 bits); the layout moves and GlobalMaxPool move codes and keep the
+//! format; ReduceMean over H and W is the integer global average pool; Softmax runs only as the
+//! network's last op, on the dequantized output ([`crate::exec::FixedNetwork::run`]).
+
+use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 
-use super::{Grad, OpFamily, broadcast_zip, contiguous, reduce_to_shape, shape_err};
+use super::arith::{BinaryStep, Operand, quantize_constant};
+use super::lut::BuildLut;
+use super::{
+    Grad, Inputs, IntOp, Lower, Lowered, OpFamily, broadcast_zip, contiguous, reduce_to_shape,
+    shape_err,
+};
 use crate::error::{Error, Result};
+use crate::exec::act::{Act, Code, Kind, Visit1, dispatch1, dispatch2, wrong_storage};
 use crate::graph::shape::axis as resolve_axis;
 use crate::graph::{Binary, Op, Unary};
+use crate::kernels::Scratch;
 
-/// The float-only ops.
-pub(super) struct FloatOnly;
+/// Unary and binary functions, layout moves, reductions, Softmax.
+pub(super) struct MathOps;
 
-impl OpFamily for FloatOnly {
+impl OpFamily for MathOps {
+    fn lower_fixed(&self, cx: &Lower<'_>) -> Result<Lowered> {
+        let keep = |op: Arc<dyn IntOp>| -> Result<Lowered> {
+            Ok(Lowered {
+                op,
+                format: cx.in_format()?,
+                observed: false,
+            })
+        };
+        match &cx.node.op {
+            Op::Unary(f) => {
+                let (fi, fo) = (cx.in_format()?, cx.format_of(&cx.node.output)?);
+                let op = dispatch2(Kind::of(fi)?, Kind::of(fo)?, BuildLut(*f, fi, fo))
+                    .map_err(|e| cx.unsupported(&e.to_string()))?;
+                Ok(Lowered {
+                    op,
+                    format: fo,
+                    observed: true,
+                })
+            }
+            Op::Binary(f) => {
+                let fo = cx.format_of(&cx.node.output)?;
+                let mut values = cx.in_formats.iter();
+                let mut operand = |i: usize| -> Result<Operand> {
+                    match cx.constants.get(i).copied().flatten() {
+                        Some(c) => quantize_constant(&cx.node.inputs[i], c),
+                        None => values
+                            .next()
+                            .map(|&f| Operand::Value(f))
+                            .ok_or_else(|| cx.unsupported("input format unknown")),
+                    }
+                };
+                let (a, b) = (operand(0)?, operand(1)?);
+                let step = BinaryStep::new(*f, a, b, fo).map_err(|e| match e {
+                    Error::Unsupported(why) => cx.unsupported(&why),
+                    e => e,
+                })?;
+                Ok(Lowered {
+                    op: Arc::new(step),
+                    format: fo,
+                    observed: true,
+                })
+            }
+            Op::Transpose { perm } => keep(Arc::new(TransposeStep(perm.clone()))),
+            Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
+                keep(Arc::new(super::shape::Reshape(cx.node.clone())))
+            }
+            Op::GlobalMaxPool => keep(Arc::new(GlobalMax)),
+            Op::ReduceMean { axes, keep_dims } => {
+                let rank = cx.out_shape.len() + if *keep_dims { 0 } else { axes.len() };
+                let mut axes = axes
+                    .iter()
+                    .map(|&a| resolve_axis(a, rank, false))
+                    .collect::<Result<Vec<_>>>()?;
+                axes.sort_unstable();
+                axes.dedup();
+                if rank != 4 || axes != [2, 3] {
+                    return Err(cx.unsupported(
+                        "ReduceMean runs in integers only over axes 2 and 3 of an NCHW tensor",
+                    ));
+                }
+                let fo = cx.format_of(&cx.node.output)?;
+                let pool = super::pool::global_average(cx.in_format()?, fo)?;
+                Ok(Lowered {
+                    op: Arc::new(ReduceMeanStep {
+                        pool,
+                        keep_dims: *keep_dims,
+                    }),
+                    format: fo,
+                    observed: true,
+                })
+            }
+            Op::Softmax { .. } if cx.is_output => keep(Arc::new(super::Identity)),
+            Op::Softmax { .. } => Err(cx.unsupported(
+                "Softmax runs in the fixed-point network only as its last op (on the dequantized output)",
+            )),
+            _ => Err(cx.unsupported("not supported by the fixed-point network")),
+        }
+    }
+
     fn eval_float(
         &self,
         op: &Op,
@@ -49,7 +143,7 @@ impl OpFamily for FloatOnly {
             }
             Op::Softmax { axis, coerce_2d } => softmax(&x[0], *axis, *coerce_2d),
             other => Err(Error::Internal {
-                reason: format!("{} is not a float-only op", other.name()),
+                reason: format!("{} is not a math op", other.name()),
             }),
         }
     }
@@ -230,11 +324,99 @@ impl OpFamily for FloatOnly {
             }
             other => {
                 return Err(Error::Internal {
-                    reason: format!("{} is not a float-only op", other.name()),
+                    reason: format!("{} is not a math op", other.name()),
                 });
             }
         }
         Ok(out)
+    }
+}
+
+/// Transpose of codes (format kept; the output in row-major order).
+#[derive(Debug)]
+struct TransposeStep(Vec<usize>);
+
+impl IntOp for TransposeStep {
+    fn run(&self, x: &mut Inputs<'_>, _: &mut Scratch) -> Result<Act> {
+        struct T<'a>(&'a Act, &'a [usize]);
+        impl Visit1 for T<'_> {
+            type Out = Result<Act>;
+            fn visit<A: Code>(self) -> Result<Act> {
+                let v = A::view(self.0).ok_or_else(|| wrong_storage("transpose"))?;
+                let reversed: Vec<usize> = (0..v.ndim()).rev().collect();
+                let perm = if self.1.is_empty() { &reversed } else { self.1 };
+                if perm.len() != v.ndim() {
+                    return Err(Error::ShapeMismatch {
+                        what: "Transpose permutation".into(),
+                        expected: format!("{} axes", v.ndim()),
+                        found: format!("{perm:?}"),
+                    });
+                }
+                let y = v
+                    .permuted_axes(IxDyn(perm))
+                    .as_standard_layout()
+                    .into_owned();
+                Ok(A::wrap(y, self.0.format()))
+            }
+        }
+        let a = x.get(0)?;
+        dispatch1(Kind::of(a.format())?, T(a, &self.0))
+    }
+}
+
+/// GlobalMaxPool of codes: the largest code of each N×C plane (format kept; the maximum of codes
+/// is the code of the maximum, as the grid is monotone).
+#[derive(Debug)]
+struct GlobalMax;
+
+impl IntOp for GlobalMax {
+    fn run(&self, x: &mut Inputs<'_>, _: &mut Scratch) -> Result<Act> {
+        struct G<'a>(&'a Act);
+        impl Visit1 for G<'_> {
+            type Out = Result<Act>;
+            fn visit<A: Code>(self) -> Result<Act> {
+                let v = A::view(self.0).ok_or_else(|| wrong_storage("global max pool"))?;
+                if v.ndim() != 4 || v.shape()[2] * v.shape()[3] == 0 {
+                    return Err(Error::ShapeMismatch {
+                        what: "GlobalMaxPool input".into(),
+                        expected: "a non-empty N×C×H×W tensor".into(),
+                        found: format!("{:?}", v.shape()),
+                    });
+                }
+                let (n, c) = (v.shape()[0], v.shape()[1]);
+                let mut y = ArrayD::<A>::default(IxDyn(&[n, c, 1, 1]));
+                for i in 0..n {
+                    for j in 0..c {
+                        let plane = v.index_axis(Axis(0), i);
+                        if let Some(m) = plane.index_axis(Axis(0), j).iter().copied().max() {
+                            y[[i, j, 0, 0]] = m;
+                        }
+                    }
+                }
+                Ok(A::wrap(y, self.0.format()))
+            }
+        }
+        let a = x.get(0)?;
+        dispatch1(Kind::of(a.format())?, G(a))
+    }
+}
+
+/// ReduceMean over H and W: the integer global average pool, then without the reduced axes unless
+/// `keep_dims`.
+#[derive(Debug)]
+struct ReduceMeanStep {
+    pool: Arc<dyn IntOp>,
+    keep_dims: bool,
+}
+
+impl IntOp for ReduceMeanStep {
+    fn run(&self, x: &mut Inputs<'_>, scratch: &mut Scratch) -> Result<Act> {
+        let y = self.pool.run(x, scratch)?;
+        if self.keep_dims {
+            return Ok(y);
+        }
+        let s = y.shape().to_vec();
+        y.reshape(&s[..2])
     }
 }
 

@@ -8,13 +8,15 @@
 //! | `pool` | MaxPool, AveragePool, GlobalAveragePool |
 //! | `eltwise` | Add, Relu, Clip, BatchNormalization (float only where not folded) |
 //! | `shape` | Flatten, Reshape, Identity, Slice, Pad, Concat |
-//! | `math` | float only: Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu, Sub, Mul, Div, PRelu, Transpose, Squeeze, Unsqueeze, GlobalMaxPool, ReduceMean, Softmax |
+//! | `math` | Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu (lookup tables, `lut`), Sub, Mul, Div, PRelu (`arith`), Transpose, Squeeze, Unsqueeze, GlobalMaxPool, ReduceMean, Softmax (last op only) |
 //!
 //! An op is registered by one line in [`family`]; its module implements [`OpFamily`]: `eval_float`
 //! always, `lower_fixed` where the integer network runs it (the default refuses, naming the node).
 
+mod arith;
 mod conv;
 mod eltwise;
+mod lut;
 mod math;
 mod pool;
 mod shape;
@@ -107,7 +109,7 @@ pub(crate) fn family(op: &Op) -> &'static dyn OpFamily {
         | Op::Unsqueeze { .. }
         | Op::GlobalMaxPool
         | Op::ReduceMean { .. }
-        | Op::Softmax { .. } => &math::FloatOnly,
+        | Op::Softmax { .. } => &math::MathOps,
     }
 }
 
@@ -178,6 +180,10 @@ pub(crate) struct Lower<'a> {
     /// The Relu/Clip that follows a weighted layer and is fused into its output stage.
     pub fused: Option<&'a Node>,
     pub choice: KernelChoice,
+    /// For each of the node's inputs, its value where it is a constant of the graph.
+    pub constants: Vec<Option<&'a ArrayD<f32>>>,
+    /// Whether the node produces the graph's output.
+    pub is_output: bool,
 }
 
 impl Lower<'_> {

@@ -148,6 +148,19 @@ impl OpFamily for Pooling {
     }
 }
 
+/// The integer global average pool from `fi` codes to `fo` codes (also ReduceMean over H and W).
+///
+/// # Errors
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a format the activations cannot
+/// hold.
+pub(super) fn global_average(fi: QFormat, fo: QFormat) -> Result<Arc<dyn IntOp>> {
+    Ok(dispatch2(
+        Kind::of(fi)?,
+        Kind::of(fo)?,
+        Build(PoolKind::GlobalAvg(OutputStage::new(fo))),
+    ))
+}
+
 fn params(p: &Pool2d) -> Pool2dParams {
     Pool2dParams {
         kernel: p.kernel,

@@ -151,7 +151,7 @@ impl OpFamily for ShapeOps {
 
 /// Flatten or Reshape: the node, whose output shape `graph::shape::infer` gives for the run's input.
 #[derive(Debug)]
-struct Reshape(Node);
+pub(super) struct Reshape(pub(super) Node);
 
 impl IntOp for Reshape {
     fn run(&self, x: &mut Inputs<'_>, _: &mut Scratch) -> Result<Act> {
