@@ -7,10 +7,12 @@
 //! taskset -c 0 cargo run --release --example rounding -- ../shared            # all three networks
 //! taskset -c 0 cargo run --release --example rounding -- ../shared resnet8 4 3 # one, chosen budgets
 //! taskset -c 0 cargo run --release --example rounding -- ../shared resnet8 4 --ranges
+//! taskset -c 0 cargo run --release --example rounding -- ../shared resnet8 8 6 4 --equal
 //! ```
 //!
 //! Every method chooses activation steps by exact error over the calibration histograms (the
-//! default); `--ranges` instead runs GPTQ + bias correction with those against the fitted rule.
+//! default); `--ranges` instead runs GPTQ + bias correction with those against the fitted rule;
+//! `--equal` gives every weight tensor the budget's width (integer budgets) instead of allocating.
 //!
 //! Networks: `resnet8` (../shared/models/resnet8_cifar10.onnx, calibration on CIFAR-10 test images
 //! 0..500, scored on 500..10000), `lenet` (../shared/models/lenet5_mnist.onnx, MNIST test images
@@ -145,6 +147,8 @@ fn main() -> Res<()> {
     let rest: Vec<String> = args.collect();
     // `--ranges`: only GPTQ + bias correction, with histogram against fitted activation steps.
     let ranges = rest.iter().any(|a| a == "--ranges");
+    // `--equal`: every weight tensor at the budget's width (weight_bits = b..=b), not allocated.
+    let equal = rest.iter().any(|a| a == "--equal");
     let nets: Vec<&str> = rest
         .iter()
         .map(String::as_str)
@@ -209,12 +213,15 @@ fn main() -> Res<()> {
                     ]
                 };
                 for (method, rounding, bc, activation_step) in methods {
-                    let opts = QuantizeOptions {
+                    let mut opts = QuantizeOptions {
                         rounding,
                         bias_correction: bc,
                         activation_step,
                         ..base.clone()
                     };
+                    if equal {
+                        opts.weight_bits = budget as u32..=budget as u32;
+                    }
                     let t = Instant::now();
                     let m = fixq::quantize(
                         &net.graph,

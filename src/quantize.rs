@@ -86,7 +86,7 @@ pub struct QuantizeOptions {
     /// How many calibration images (the first ones, at most `probe_images`) measure the noise gains
     /// and the operating-point terms; at least 1. Planning time is proportional to it; the
     /// estimates' relative standard deviation is about √(2/(images · `plan::SENSITIVITY_DRAWS`))
-    /// (250 images: 6 %, 0.3 dB).
+    /// (128 images: 9 %, 0.4 dB).
     pub sensitivity_images: usize,
     /// Rounds of gain correction at the operating point (0: plan once with the measured gains).
     pub operating_point_rounds: usize,
@@ -121,7 +121,7 @@ impl Default for QuantizeOptions {
             activation_bits: 8,
             output_bits: 16,
             probe_images: 500,
-            sensitivity_images: 250,
+            sensitivity_images: 128,
             operating_point_rounds: 3,
             batch: 100,
             seed: 7,

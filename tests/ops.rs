@@ -242,6 +242,13 @@ fn math_graph(ops: Vec<fixq::graph::Node>, out_rank4: bool, tail: bool) -> Graph
         ),
         ("bt".to_string(), filled(&[4], 0.1, 0.8)),
         ("wg".to_string(), filled(&[3, 4], 0.5, 0.9)),
+        ("bn_s".to_string(), filled(&[4], 0.3, 1.1).mapv(|v| v + 1.0)),
+        ("bn_b".to_string(), filled(&[4], 0.3, 1.2)),
+        ("bn_m".to_string(), filled(&[4], 0.2, 1.3)),
+        (
+            "bn_v".to_string(),
+            filled(&[4], 0.5, 1.4).mapv(|v| v.abs() + 0.2),
+        ),
         ("bg".to_string(), filled(&[3], 0.1, 1.0)),
     ];
     let output = if !tail {
@@ -275,7 +282,8 @@ fn math_graph(ops: Vec<fixq::graph::Node>, out_rank4: bool, tail: bool) -> Graph
 type Case = (Vec<fixq::graph::Node>, bool, bool);
 
 /// Each op that the `math` family lowers (lookup tables, exact Sub/Mul/Div/PRelu with activation
-/// and constant operands, layout moves, GlobalMaxPool, ReduceMean over H and W, a final Softmax)
+/// and constant operands, layout moves, GlobalMaxPool, ReduceMean over H and W, a final Softmax),
+/// and a BatchNormalization that follows no Conv (the integer per-channel affine),
 /// runs in the fixed-point network at 8 bits within 30 dB of the float executor on inputs the
 /// calibration did not see, at two batch sizes.
 #[test]
@@ -305,6 +313,19 @@ fn math_ops_run_in_integers_at_8_bits() {
         ),
         ("hardswish", unary(Unary::HardSwish)),
         ("leakyrelu", unary(Unary::LeakyRelu { alpha: 0.1 })),
+        (
+            "batchnorm_standalone",
+            (
+                vec![math_node(
+                    "f",
+                    Op::BatchNormalization { epsilon: 1e-5 },
+                    &["a", "bn_s", "bn_b", "bn_m", "bn_v"],
+                    "f",
+                )],
+                true,
+                true,
+            ),
+        ),
         ("sub_tensor", binary(Binary::Sub, "b")),
         ("sub_const_channel", binary(Binary::Sub, "k_c")),
         ("mul_tensor", binary(Binary::Mul, "b")),

@@ -127,15 +127,16 @@ fn data_slots(graph: &Graph, i: usize) -> Result<Vec<usize>> {
                 .ok_or_else(|| unsupported(node, "its data input must be an activation"))?;
             Ok(vec![s])
         }
-        // A constant operand of Sub/Mul/Div/PRelu is quantized into the step itself.
-        Op::Binary(_) => {
+        // A constant operand of Sub/Mul/Div/PRelu, and a BatchNormalization's parameters, are
+        // quantized into the step itself.
+        Op::Binary(_) | Op::BatchNormalization { .. } => {
             let slots: Vec<usize> = node
                 .inputs
                 .iter()
                 .filter_map(|n| slot_of(graph, n, i))
                 .collect();
             if slots.is_empty() {
-                return Err(unsupported(node, "both operands are constants"));
+                return Err(unsupported(node, "no input is an activation"));
             }
             Ok(slots)
         }

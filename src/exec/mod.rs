@@ -13,4 +13,4 @@ mod ops;
 
 pub use fixed::FixedNetwork;
 pub use float::{FloatExecutor, Gradients, Tape};
-pub(crate) use ops::{clip_code, layer_input_samples, quantize_bias};
+pub(crate) use ops::{PositionSampling, clip_code, layer_input_samples, quantize_bias};

@@ -191,6 +191,7 @@ pub fn activation_points(graph: &Graph) -> Vec<(String, Option<usize>)> {
             | Op::Concat { .. }
             | Op::Unary(_)
             | Op::Binary(_)
+            | Op::BatchNormalization { .. }
             | Op::ReduceMean { .. } => points.push((node.output.clone(), Some(i))),
             _ => {}
         }

@@ -13,6 +13,17 @@ use crate::graph::{Graph, Op};
 /// 512 MiB f64 matrix. Wider layers are rounded to nearest (see [`super`]).
 pub const MAX_FAN_IN: usize = 8192;
 
+/// Which convolution output positions feed the moments: per image, at least 64 and at least half
+/// the fan-in (all of them where there are fewer), every s-th position from an offset that moves
+/// with the samples already seen. A 3×3 layer with 16 input channels at 32×32 keeps 72 of 1,024
+/// positions per image, so 500 images give 240 samples per input of its fan-in; the Gram matrix
+/// then costs 14× less (measured effect on the plans: `docs/reproduction.md`, "Planning time").
+const POSITIONS: crate::exec::PositionSampling = crate::exec::PositionSampling {
+    min_per_image: 64,
+    per_fan_in: 0.5,
+    offset: 0,
+};
+
 /// Moments of one channel group's input samples.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct GroupMoments {
@@ -228,8 +239,12 @@ impl InputMoments {
                 continue;
             };
             let k = lm.fan_in;
+            let sampling = crate::exec::PositionSampling {
+                offset: lm.groups.first().map_or(0, |g| g.samples as usize),
+                ..POSITIONS
+            };
             let groups = &mut lm.groups;
-            crate::exec::layer_input_samples(&lm.op, value, &lm.w_shape, |g, x, rows| {
+            crate::exec::layer_input_samples(&lm.op, value, &lm.w_shape, sampling, |g, x, rows| {
                 if let Some(gm) = groups.get_mut(g) {
                     gm.push(x, rows, k);
                 }

@@ -223,6 +223,132 @@ impl IntOp for BinaryStep {
     }
 }
 
+/// A per-channel affine map y = s_c·x + t_c over axis 1 (a BatchNormalization that import could
+/// not fold into a Conv or Gemm): `s` and `t` quantized to 16 bits each, the exact result of the
+/// codes, a·s·2^−(ea+es) + t·2^−et, rounded once to the output format (ties to even).
+#[derive(Debug)]
+pub(super) struct AffineStep {
+    input: QFormat,
+    scale: Vec<i64>,
+    scale_format: QFormat,
+    shift: Vec<i64>,
+    shift_format: QFormat,
+    out: QFormat,
+}
+
+impl AffineStep {
+    /// From the real per-channel scale and shift.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for non-finite or differently sized parameters, or an output
+    /// format the activations cannot hold; [`Error::Unsupported`] for mid-rise formats or formats
+    /// more than 2^40 apart.
+    pub(super) fn new(
+        name: &str,
+        input: QFormat,
+        scale: &[f64],
+        shift: &[f64],
+        out: QFormat,
+    ) -> Result<Self> {
+        Kind::of(out)?;
+        if scale.len() != shift.len() {
+            return Err(Error::InvalidArgument {
+                name: "BatchNormalization",
+                reason: format!(
+                    "'{name}': {} scales for {} shifts",
+                    scale.len(),
+                    shift.len()
+                ),
+            });
+        }
+        let q = |v: &[f64], what: &str| -> Result<(Vec<i64>, QFormat)> {
+            let a =
+                ArrayD::from_shape_vec(IxDyn(&[v.len()]), v.iter().map(|&x| x as f32).collect())
+                    .map_err(|e| Error::Internal {
+                        reason: e.to_string(),
+                    })?;
+            match quantize_constant(&format!("{name} {what}"), &a)? {
+                Operand::Constant(c, f) => Ok((c.iter().copied().collect(), f)),
+                Operand::Value(_) => Err(Error::Internal {
+                    reason: "a constant quantized to a value".into(),
+                }),
+            }
+        };
+        let (scale, scale_format) = q(scale, "scale")?;
+        let (shift, shift_format) = q(shift, "shift")?;
+        if [input, out].iter().any(|f| f.grid() == Grid::MidRise) {
+            return Err(Error::Unsupported(
+                "mid-rise formats in an integer BatchNormalization".into(),
+            ));
+        }
+        let (ea, es, et, eo) = (
+            input.frac_bits(),
+            scale_format.frac_bits(),
+            shift_format.frac_bits(),
+            out.frac_bits(),
+        );
+        let e = (ea + es).max(et);
+        if [e - ea - es, e - et, eo - e]
+            .iter()
+            .any(|s| s.abs() > MAX_SHIFT)
+        {
+            return Err(Error::Unsupported(format!(
+                "input {input}, parameters and output {out} are more than 2^{MAX_SHIFT} apart"
+            )));
+        }
+        Ok(Self {
+            input,
+            scale,
+            scale_format,
+            shift,
+            shift_format,
+            out,
+        })
+    }
+
+    /// The output code of input code `a` in channel `c`.
+    pub(super) fn code(&self, a: i64, c: usize) -> i64 {
+        let (ea, es, et, eo) = (
+            self.input.frac_bits(),
+            self.scale_format.frac_bits(),
+            self.shift_format.frac_bits(),
+            self.out.frac_bits(),
+        );
+        let e = (ea + es).max(et);
+        let v = ((i128::from(a) * i128::from(self.scale[c])) << (e - ea - es))
+            + (i128::from(self.shift[c]) << (e - et));
+        scale(v, eo - e).clamp(
+            i128::from(self.out.min_code()),
+            i128::from(self.out.max_code()),
+        ) as i64
+    }
+}
+
+impl IntOp for AffineStep {
+    fn run(&self, x: &mut Inputs<'_>, _: &mut Scratch) -> Result<Act> {
+        let a = x.get(0)?.codes_i64();
+        if a.ndim() < 2 || a.shape()[1] != self.scale.len() {
+            return Err(Error::ShapeMismatch {
+                what: format!("input of '{}'", x.step),
+                expected: format!("[N, {}, ...]", self.scale.len()),
+                found: format!("{:?}", a.shape()),
+            });
+        }
+        let mut y = a;
+        for (c, mut lane) in y.axis_iter_mut(ndarray::Axis(1)).enumerate() {
+            lane.mapv_inplace(|q| self.code(q, c));
+        }
+        struct W(ArrayD<i64>, QFormat);
+        impl Visit1 for W {
+            type Out = Act;
+            fn visit<O: Code>(self) -> Act {
+                O::wrap(self.0.mapv(O::from_code), self.1)
+            }
+        }
+        Ok(dispatch1(Kind::of(self.out)?, W(y, self.out)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +391,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every input code of every channel: the exact affine result of the quantized parameters,
+    /// rounded once, and within half an output step plus the parameters' rounding of float.
+    #[test]
+    fn affine_is_the_exact_result_rounded_once() {
+        let fi = QFormat::signed(8, 4).unwrap();
+        let fo = QFormat::signed(8, 3).unwrap();
+        let (s, t) = ([0.8, -1.7, 0.05], [0.3, -2.25, 1.0]);
+        let step = AffineStep::new("bn", fi, &s, &t, fo).unwrap();
+        for c in 0..3 {
+            for a in fi.min_code()..=fi.max_code() {
+                let sq = step.scale_format.value_of(step.scale[c]);
+                let tq = step.shift_format.value_of(step.shift[c]);
+                let exact = fi.value_of(a) * sq + tq;
+                assert_eq!(step.code(a, c), fo.code_of(exact, Rounding::NearestEven).0);
+                let float = fi.value_of(a) * s[c] + t[c];
+                if float.abs() < fo.max_value() - fo.step() {
+                    let err = (fo.value_of(step.code(a, c)) - float).abs();
+                    assert!(err <= fo.step() / 2.0 + 1e-3, "c {c} a {a}: {err}");
+                }
+            }
+        }
+        let e = AffineStep::new("bn", fi, &s, &t[..2], fo).unwrap_err();
+        assert!(e.to_string().contains("3 scales for 2 shifts"), "{e}");
     }
 
     #[test]

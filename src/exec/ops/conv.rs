@@ -646,11 +646,41 @@ pub(super) fn matmul(
     ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(shape_err)
 }
 
+/// Which output positions of a convolution [`layer_input_samples`] passes on, per image.
+///
+/// The Gram matrix of a layer with fan-in k costs k² multiply-adds per sample, and a 32×32 layer
+/// has 1,024 positions per image; far fewer already estimate it well. Positions are kept, per
+/// image, up to `max(min_per_image, ⌈k·per_fan_in⌉)`: with more, every s-th position is passed
+/// (s the smallest stride that meets the cap), starting at `(offset + image) mod s`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct PositionSampling {
+    /// Positions kept per image at least (all of them where there are fewer).
+    pub min_per_image: usize,
+    /// Positions kept per image per input of the fan-in.
+    pub per_fan_in: f64,
+    /// Rotates the first position kept (e.g. the number of images already seen).
+    pub offset: usize,
+}
+
+impl PositionSampling {
+    /// The stride between positions kept, for `p` positions per image and fan-in `k`.
+    fn stride(&self, p: usize, k: usize) -> usize {
+        let cap = self
+            .min_per_image
+            .max((k as f64 * self.per_fan_in).ceil() as usize)
+            .max(1);
+        p.div_ceil(cap).max(1)
+    }
+}
+
 /// The input samples a weighted layer multiplies its weights with, as one matrix per channel group:
 /// `f(group, samples, rows)` receives `samples` row-major `[rows, fan_in]`, one row per output
 /// position (Conv: the receptive field of each output pixel of each image, zero padding included, in
 /// the weights' `(c, ky, kx)` order; Gemm: each input row; MatMul: each row of the flattened leading
 /// dimensions). `w_shape` is the weight initializer's shape (`[O, C/g, kh, kw]` for Conv).
+///
+/// A convolution with more output positions per image than `sampling` allows passes every s-th
+/// position only ([`PositionSampling`]); Gemm and MatMul pass every row.
 ///
 /// # Errors
 /// [`Error::Unsupported`] for Gemm with `transA = 1` or another op; shape errors if `x` does not fit
@@ -659,6 +689,7 @@ pub(crate) fn layer_input_samples(
     op: &Op,
     x: &ArrayViewD<'_, f32>,
     w_shape: &[usize],
+    sampling: PositionSampling,
     mut f: impl FnMut(usize, &[f32], usize),
 ) -> Result<()> {
     match op {
@@ -689,10 +720,15 @@ pub(crate) fn layer_input_samples(
             let oh = span(h, pad[0], pad[2], kh, dilation[0], stride[0]);
             let ow = span(wd, pad[1], pad[3], kw, dilation[1], stride[1]);
             let (k, p) = (cg * kh * kw, oh * ow);
+            let stride_q = sampling.stride(p, k);
             let xs = contiguous(x);
             let mut cols = vec![0f32; k * p];
-            let mut samples = vec![0f32; k * p];
+            let mut samples = vec![0f32; k * p.div_ceil(stride_q)];
             for img in 0..n {
+                // Every stride_q-th position, from an offset that moves with the image so that
+                // all positions are visited over the calibration set.
+                let first = (sampling.offset + img) % stride_q;
+                let kept = (p - first.min(p)).div_ceil(stride_q);
                 for g in 0..*groups {
                     let xin = &xs[(img * c + g * cg) * h * wd..(img * c + (g + 1) * cg) * h * wd];
                     im2col(
@@ -705,13 +741,13 @@ pub(crate) fn layer_input_samples(
                         *dilation,
                         &mut cols,
                     );
-                    // [k, p] -> [p, k]
+                    // [k, p] -> [kept, k]
                     for (r, row) in cols.chunks_exact(p.max(1)).enumerate() {
-                        for (q, &v) in row.iter().enumerate() {
-                            samples[q * k + r] = v;
+                        for (j, &v) in row.iter().skip(first).step_by(stride_q).enumerate() {
+                            samples[j * k + r] = v;
                         }
                     }
-                    f(g, &samples, p);
+                    f(g, &samples[..kept * k], kept);
                 }
             }
             Ok(())

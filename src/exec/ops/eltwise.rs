@@ -79,10 +79,38 @@ impl OpFamily for Elementwise {
         let stage = OutputStage::new(of);
         let ka = Kind::of(cx.in_format()?)?;
         let op = match cx.node.op {
-            Op::BatchNormalization { .. } => {
-                return Err(cx.unsupported(
-                    "a BatchNormalization that does not follow a Conv or Gemm does not run in integers yet",
-                ));
+            Op::BatchNormalization { epsilon } => {
+                // y = a_c·x + b_c with a_c = γ_c/√(σ²_c + ε), b_c = β_c − a_c·μ_c, in f64.
+                let param = |i: usize| -> Result<Vec<f64>> {
+                    cx.constants
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .map(|v| v.iter().map(|&x| f64::from(x)).collect())
+                        .ok_or_else(|| {
+                            cx.unsupported("its scale, bias, mean and variance must be constants")
+                        })
+                };
+                let (g, b, m, v) = (param(1)?, param(2)?, param(3)?, param(4)?);
+                let eps = f64::from(epsilon);
+                let a: Vec<f64> = g
+                    .iter()
+                    .zip(&v)
+                    .map(|(g, v)| g / (v + eps).sqrt())
+                    .collect();
+                let t: Vec<f64> = b
+                    .iter()
+                    .zip(&m)
+                    .zip(&a)
+                    .map(|((b, m), a)| b - a * m)
+                    .collect();
+                let step =
+                    super::arith::AffineStep::new(&cx.node.name, cx.in_format()?, &a, &t, of)
+                        .map_err(|e| match e {
+                            Error::Unsupported(why) => cx.unsupported(&why),
+                            e => e,
+                        })?;
+                Arc::new(step)
             }
             Op::Add => {
                 let fb = cx

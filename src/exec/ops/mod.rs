@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `conv` | Conv, Gemm, MatMul (weighted layers; Relu/Clip after them fused into the output stage) |
 //! | `pool` | MaxPool, AveragePool, GlobalAveragePool |
-//! | `eltwise` | Add, Relu, Clip, BatchNormalization (float only where not folded) |
+//! | `eltwise` | Add, Relu, Clip, BatchNormalization where import could not fold it (an integer per-channel affine, `arith`) |
 //! | `shape` | Flatten, Reshape, Identity, Slice, Pad, Concat |
 //! | `math` | Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu (lookup tables, `lut`), Sub, Mul, Div, PRelu (`arith`), Transpose, Squeeze, Unsqueeze, GlobalMaxPool, ReduceMean, Softmax (last op only) |
 //!
@@ -340,5 +340,5 @@ pub(crate) fn clip_code(f: QFormat, v: f64, lower: bool) -> i64 {
     c.clamp(f.min_code() as f64, f.max_code() as f64) as i64
 }
 
-pub(crate) use conv::{layer_input_samples, quantize_bias};
+pub(crate) use conv::{PositionSampling, layer_input_samples, quantize_bias};
 pub(crate) use shape::Identity;
