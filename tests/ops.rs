@@ -278,6 +278,18 @@ fn math_graph(ops: Vec<fixq::graph::Node>, out_rank4: bool, tail: bool) -> Graph
     Graph::new(input, output, nodes, inits).unwrap()
 }
 
+/// A 3×3 stride-2 window over 6×6 with pads [1, 1, 1, 1]: floor mode gives 3×3 outputs, ceil mode
+/// 4×4, its last row and column of windows reaching past the padding.
+fn ceil_pool() -> fixq::graph::Pool2d {
+    fixq::graph::Pool2d {
+        kernel: [3, 3],
+        stride: [2, 2],
+        pad: [1, 1, 1, 1],
+        dilation: [1, 1],
+        ceil_mode: true,
+    }
+}
+
 /// The ops after the two stem convolutions, whether they end in 4-D, whether a tail layer follows.
 type Case = (Vec<fixq::graph::Node>, bool, bool);
 
@@ -320,6 +332,22 @@ fn math_ops_run_in_integers_at_8_bits() {
                     "f",
                     Op::BatchNormalization { epsilon: 1e-5 },
                     &["a", "bn_s", "bn_b", "bn_m", "bn_v"],
+                    "f",
+                )],
+                true,
+                true,
+            ),
+        ),
+        (
+            "avgpool_ceil_exclude_pad",
+            (
+                vec![math_node(
+                    "f",
+                    Op::AveragePool {
+                        pool: ceil_pool(),
+                        count_include_pad: false,
+                    },
+                    &["b"],
                     "f",
                 )],
                 true,
@@ -476,8 +504,9 @@ fn math_ops_run_in_integers_at_8_bits() {
     }
 }
 
-/// A Softmax that is not the network's last op, and a ReduceMean over the channels, are refused by
-/// name.
+/// A Softmax that is not the network's last op, a ReduceMean over the channels, and a ceil-mode
+/// average pool that counts padding (whose added windows would count their overhang) are refused
+/// by name.
 #[test]
 fn math_ops_that_do_not_run_in_integers_name_themselves() {
     let mid_softmax = vec![math_node(
@@ -498,9 +527,19 @@ fn math_ops_that_do_not_run_in_integers_name_themselves() {
         &["b"],
         "f",
     )];
+    let ceil_include = vec![math_node(
+        "ap",
+        Op::AveragePool {
+            pool: ceil_pool(),
+            count_include_pad: true,
+        },
+        &["b"],
+        "f",
+    )];
     for (ops, tail, node, why) in [
         (mid_softmax, true, "sm", "last op"),
         (channel_mean, false, "rm", "axes 2 and 3"),
+        (ceil_include, true, "ap", "count_include_pad = 1"),
     ] {
         let graph = math_graph(ops, true, tail);
         let exec = FloatExecutor::new(&graph);

@@ -209,6 +209,16 @@ pub(crate) fn lower_all(src: &Sources<'_>) -> Result<Vec<Step>> {
                 node,
                 in_formats: &in_formats,
                 out_shape: &shapes[i],
+                in_shapes: inputs
+                    .iter()
+                    .map(|&s| {
+                        if s == 0 {
+                            &input_shape[..]
+                        } else {
+                            &shapes[s - 1][..]
+                        }
+                    })
+                    .collect(),
                 plan: src.plan,
                 weights,
                 fused: fused[i].map(|j| &nodes[j]),

@@ -174,6 +174,8 @@ pub(crate) struct Lower<'a> {
     pub in_formats: &'a [QFormat],
     /// The inferred output shape at the model's declared input size.
     pub out_shape: &'a [usize],
+    /// The inferred shapes of the data inputs there, in input order.
+    pub in_shapes: Vec<&'a [usize]>,
     pub plan: &'a QuantPlan,
     /// The layer's weights (weighted layers only).
     pub weights: Option<(&'a LayerWeights, &'a WeightCodes)>,

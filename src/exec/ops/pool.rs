@@ -123,13 +123,25 @@ impl OpFamily for Pooling {
                 pool,
                 count_include_pad,
             } => {
-                if pool.dilation != [1, 1] || pool.ceil_mode {
-                    return Err(cx.unsupported("dilated or ceil-mode average pooling"));
+                if pool.dilation != [1, 1] {
+                    return Err(cx.unsupported("dilated average pooling"));
+                }
+                // Ceil mode as extra bottom/right padding: exact where padding is not counted;
+                // where it is, the windows ceil mode adds would count their overhang too.
+                if pool.ceil_mode && *count_include_pad {
+                    let shape = cx.in_shapes.first().copied().unwrap_or(&[]);
+                    let p = params(pool);
+                    if shape.len() != 4 || ceil_padding(p, shape)? != p {
+                        return Err(cx.unsupported(
+                            "ceil_mode with count_include_pad = 1 where ceil mode adds windows",
+                        ));
+                    }
                 }
                 let of = cx.format_of(&cx.node.output)?;
                 let kind = PoolKind::Avg {
                     pool: params(pool),
                     count_include_pad: *count_include_pad,
+                    ceil_mode: pool.ceil_mode,
                     out: OutputStage::new(of),
                 };
                 (kind, of, true)
@@ -176,6 +188,7 @@ enum PoolKind {
     Avg {
         pool: Pool2dParams,
         count_include_pad: bool,
+        ceil_mode: bool,
         out: OutputStage,
     },
     GlobalAvg(OutputStage),
@@ -255,8 +268,14 @@ impl<A: Code, O: Code> IntOp for PoolStep<A, O> {
             PoolKind::Avg {
                 pool,
                 count_include_pad,
+                ceil_mode,
                 out,
             } => {
+                let pool = if ceil_mode {
+                    ceil_padding(pool, t.codes().shape())?
+                } else {
+                    pool
+                };
                 let y = avg_pool2d::<A, O>(&t, pool, count_include_pad, out)?;
                 Ok(O::wrap(y.into_codes().into_dyn(), out.format))
             }
