@@ -293,3 +293,32 @@ fn average_pools_in_the_fixed_network() {
     let db = fixq::sqnr::measure_db(float.as_slice().unwrap(), auto.as_slice().unwrap()).unwrap();
     assert!(db > 20.0, "fixed vs float {db} dB");
 }
+
+/// A batch gives the same bits as its images run one at a time (with the `rayon` feature the batch
+/// is split over threads, and each convolution over a batch by images), on ResNet-8 at 8 bits per
+/// channel and the digits CNN's first plan.
+#[test]
+fn a_batch_equals_its_images_run_one_by_one() {
+    for c in [resnet8(), digits()] {
+        let cfg = configs(false).into_iter().next().unwrap();
+        let p = make_plan(&c, &cfg);
+        let net = FixedNetwork::new(&c.graph, &p).unwrap();
+        let x = c.test.images.view().into_dyn();
+        let batch: Vec<u32> = net
+            .run(x.view())
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let mut single = Vec::new();
+        for i in 0..x.shape()[0] {
+            let one = x.slice_axis(ndarray::Axis(0), (i..i + 1).into());
+            single.extend(net.run(one).unwrap().iter().map(|v| v.to_bits()));
+        }
+        assert_eq!(batch.len(), single.len());
+        assert!(
+            batch == single,
+            "a batch differs from its images run one by one"
+        );
+    }
+}

@@ -691,3 +691,54 @@ fn large_layer_parallel_split_is_exact() {
         auto.kernel()
     );
 }
+
+/// Batches whose total work crosses the threading threshold are split by images (with the `rayon`
+/// feature): bit-exact against the reference, NCHW and NHWC, for a layer too small to split one
+/// image (16 channels, 16×16, 13 images: 0.6M MACs each, 7.7M in all) and one large enough
+/// (64 channels, 11×10, 5 images), with an image count that does not divide evenly.
+#[test]
+fn batches_split_by_images_are_exact() {
+    for (ci, co, h, w, n, seed) in [(16, 16, 16, 16, 13, 21), (64, 64, 11, 10, 5, 22)] {
+        let mut g = Gen(seed);
+        let fin = QFormat::unsigned(8, 3).unwrap();
+        let fw = QFormat::signed(7, 5).unwrap();
+        let wt = QTensor::from_codes(
+            Array4::from_shape_vec((co, ci, 3, 3), random_codes::<i8>(&mut g, co * ci * 9, &fw))
+                .unwrap(),
+            fw,
+        )
+        .unwrap();
+        let x = Array4::from_shape_vec(
+            (n, ci, h, w),
+            random_codes::<u8>(&mut g, n * ci * h * w, &fin),
+        )
+        .unwrap();
+        let st = OutputStage::new(QFormat::signed(8, 1).unwrap());
+        let p = Conv2dParams::new().with_padding(1);
+        let reference =
+            Conv2d::<u8, i8>::new(&wt, None, fin, st, p, KernelChoice::Reference).unwrap();
+        let auto = Conv2d::<u8, i8>::new(&wt, None, fin, st, p, KernelChoice::Auto).unwrap();
+        let mut s = Scratch::new();
+        let mut want = Array4::<i8>::zeros((n, co, h, w));
+        reference
+            .forward_into(x.view(), want.view_mut(), &mut s)
+            .unwrap();
+        let mut got = Array4::<i8>::zeros((n, co, h, w));
+        auto.forward_into(x.view(), got.view_mut(), &mut s).unwrap();
+        assert_eq!(got, want, "{} n={n}", auto.kernel());
+        let xn = x
+            .view()
+            .permuted_axes([0, 2, 3, 1])
+            .as_standard_layout()
+            .into_owned();
+        let mut got = Array4::<i8>::zeros((n, h, w, co));
+        auto.forward_nhwc_into(xn.view(), got.view_mut(), &mut s)
+            .unwrap();
+        assert_eq!(
+            got.permuted_axes([0, 3, 1, 2]),
+            want,
+            "{} NHWC n={n}",
+            auto.kernel()
+        );
+    }
+}

@@ -165,13 +165,37 @@ impl FixedNetwork {
 
     /// Runs the network: quantize `input`, integer kernels, dequantize the output (then, where the
     /// graph ends in a Softmax, that Softmax in `f32`: it is the one op that does not run in
-    /// integers).
+    /// integers). With the `rayon` feature a batch of two or more images is split into one part
+    /// per rayon thread, each run through the whole network; the output is bit-identical.
     ///
     /// # Errors
     /// [`Error::NonFinite`] for NaN/±∞ input; [`Error::ShapeMismatch`] for an input whose rank or
     /// dimensions after the batch (where the graph declares them) differ from the graph's.
     pub fn run(&self, input: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         self.check_input(input.shape())?;
+        #[cfg(feature = "rayon")]
+        {
+            // With threads, a batch is split into one part per thread, each run through the whole
+            // network (images are independent, so the outputs are bit-identical to one run).
+            let (n, t) = (input.shape()[0], rayon::current_num_threads());
+            if n >= 2 && t > 1 {
+                use rayon::prelude::*;
+                let per = n.div_ceil(t.min(n));
+                let parts: Vec<ArrayViewD<'_, f32>> =
+                    input.axis_chunks_iter(ndarray::Axis(0), per).collect();
+                let outs = parts
+                    .into_par_iter()
+                    .map(|x| self.run_part(x))
+                    .collect::<Result<Vec<_>>>()?;
+                let views: Vec<_> = outs.iter().map(|o| o.view()).collect();
+                return Ok(ndarray::concatenate(ndarray::Axis(0), &views)?);
+            }
+        }
+        self.run_part(input)
+    }
+
+    /// [`FixedNetwork::run`] on one thread, the input's shape already checked.
+    fn run_part(&self, input: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let x = Act::quantize(input, self.input_format)?;
         let out = self.run_codes(x, &mut None::<&mut fn(&str, &ArrayViewD<'_, f32>)>)?;
         self.finish(out)

@@ -586,9 +586,36 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
                 let one = CallDims { n: 1, ..*d };
                 let per_in = g.c_in * d.h * d.w;
                 let per_out = g.c_out * d.oh * d.ow;
+                // A batch large enough for threads is split by images (each worker packs its own
+                // images): layers too small to split one image still use every core.
+                #[cfg(feature = "rayon")]
+                if d.n > 1 && self.threads(d) > 1 {
+                    use rayon::prelude::*;
+                    let per_worker = d.n.div_ceil(self.threads(d));
+                    let parts: Vec<(&[A], &mut [O])> = x
+                        .chunks(per_in * per_worker)
+                        .zip(out.chunks_mut(per_out * per_worker))
+                        .collect();
+                    return Ok(parts.into_par_iter().try_for_each(|(xs, os)| {
+                        p.kernel().in_context(
+                            #[inline(always)]
+                            || {
+                                let mut own = Vec::new();
+                                for (xi, oi) in
+                                    xs.chunks_exact(per_in).zip(os.chunks_exact_mut(per_out))
+                                {
+                                    p.pack_input(g, xi, &one, layout, &mut own);
+                                    self.drive(p, &geo, &own, &one, layout, oi, 1)?;
+                                }
+                                Ok::<(), TileOutOfBounds>(())
+                            },
+                        )
+                    })?);
+                }
+                let threads = self.threads(&one);
                 for (xi, oi) in x.chunks_exact(per_in).zip(out.chunks_exact_mut(per_out)) {
                     p.pack_input(g, xi, &one, layout, &mut buf);
-                    self.drive(p, &geo, &buf, &one, layout, oi)?;
+                    self.drive(p, &geo, &buf, &one, layout, oi, threads)?;
                 }
                 Ok(())
             },
@@ -599,8 +626,10 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         res
     }
 
-    /// Splits the call into work units with disjoint output slices and runs them.
+    /// Splits the call into work units with disjoint output slices and runs them on `threads`
+    /// threads.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn drive<K: MicroKernel>(
         &self,
         p: &Packed<K>,
@@ -609,11 +638,11 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
         d: &CallDims,
         layout: Layout,
         out: &mut [O],
+        threads: usize,
     ) -> Result<(), TileOutOfBounds> {
         let g = &self.geom;
         let how = d.oh * d.ow;
         let nb = p.n_blocks(g);
-        let threads = self.threads(d);
         if threads <= 1 {
             // One unit covering the call: no splitting, no allocation.
             let unit = Unit {
