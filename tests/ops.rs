@@ -295,7 +295,8 @@ type Case = (Vec<fixq::graph::Node>, bool, bool);
 
 /// Each op that the `math` family lowers (lookup tables, exact Sub/Mul/Div/PRelu with activation
 /// and constant operands, layout moves, GlobalMaxPool, ReduceMean over H and W, a final Softmax),
-/// and a BatchNormalization that follows no Conv (the integer per-channel affine),
+/// an Add of a constant, and a BatchNormalization that follows no Conv (the integer per-channel
+/// affine),
 /// runs in the fixed-point network at 8 bits within 30 dB of the float executor on inputs the
 /// calibration did not see, at two batch sizes.
 #[test]
@@ -350,6 +351,22 @@ fn math_ops_run_in_integers_at_8_bits() {
                     &["b"],
                     "f",
                 )],
+                true,
+                true,
+            ),
+        ),
+        (
+            "add_const_channel",
+            (
+                vec![math_node("f", Op::Add, &["a", "k_c"], "f")],
+                true,
+                true,
+            ),
+        ),
+        (
+            "add_const_scalar_left",
+            (
+                vec![math_node("f", Op::Add, &["k_s", "a"], "f")],
                 true,
                 true,
             ),

@@ -107,6 +107,14 @@ enum RoundingArg {
     Nearest,
 }
 
+/// The library's rounding for a `--rounding` value.
+fn weight_rounding(r: RoundingArg) -> fixq::rounding::WeightRounding {
+    match r {
+        RoundingArg::Gptq => fixq::rounding::WeightRounding::Gptq,
+        RoundingArg::Nearest => fixq::rounding::WeightRounding::Nearest,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -185,10 +193,7 @@ fn quantize(a: &QuantizeArgs) -> CliResult<()> {
     } else {
         QuantizeOptions::default()
     };
-    options.rounding = match a.rounding {
-        RoundingArg::Gptq => fixq::rounding::WeightRounding::Gptq,
-        RoundingArg::Nearest => fixq::rounding::WeightRounding::Nearest,
-    };
+    options.rounding = weight_rounding(a.rounding);
     options.bias_correction = !a.no_bias_correction;
     options.activation_step = match a.activation_ranges {
         RangesArg::Histogram => fixq::plan::StepRule::MinDataMse,

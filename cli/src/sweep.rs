@@ -66,6 +66,12 @@ pub struct SweepArgs {
     /// Overwrite the plot if it exists.
     #[arg(long)]
     pub force: bool,
+    /// How fixq's plans put weights on their grid: `gptq` (the default) or `nearest`.
+    #[arg(long, value_enum, default_value_t = crate::RoundingArg::Gptq)]
+    pub rounding: crate::RoundingArg,
+    /// fixq's plans leave the biases as they are (no bias correction).
+    #[arg(long)]
+    pub no_bias_correction: bool,
     #[command(flatten)]
     pub pre: Preprocess,
 }
@@ -232,6 +238,11 @@ pub fn run(args: &SweepArgs) -> CliResult<()> {
         ("fixq", QuantizeOptions::per_tensor()),
         ("fixq-pc", QuantizeOptions::default()),
     ] {
+        let opts = QuantizeOptions {
+            rounding: crate::weight_rounding(args.rounding),
+            bias_correction: !args.no_bias_correction,
+            ..opts
+        };
         for &b in &args.budgets {
             let cfg = opts
                 .plan_config(Budget::AvgBitsPerParam(b))

@@ -127,9 +127,9 @@ fn data_slots(graph: &Graph, i: usize) -> Result<Vec<usize>> {
                 .ok_or_else(|| unsupported(node, "its data input must be an activation"))?;
             Ok(vec![s])
         }
-        // A constant operand of Sub/Mul/Div/PRelu, and a BatchNormalization's parameters, are
+        // A constant operand of Add/Sub/Mul/Div/PRelu, and a BatchNormalization's parameters, are
         // quantized into the step itself.
-        Op::Binary(_) | Op::BatchNormalization { .. } => {
+        Op::Binary(_) | Op::BatchNormalization { .. } | Op::Add => {
             let slots: Vec<usize> = node
                 .inputs
                 .iter()

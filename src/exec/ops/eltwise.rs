@@ -78,7 +78,7 @@ impl OpFamily for Elementwise {
         let of = cx.format_of(&cx.node.output)?;
         let stage = OutputStage::new(of);
         let ka = Kind::of(cx.in_format()?)?;
-        let op = match cx.node.op {
+        let op: Arc<dyn IntOp> = match cx.node.op {
             Op::BatchNormalization { epsilon } => {
                 // y = a_c·x + b_c with a_c = γ_c/√(σ²_c + ε), b_c = β_c − a_c·μ_c, in f64.
                 let param = |i: usize| -> Result<Vec<f64>> {
@@ -110,6 +110,34 @@ impl OpFamily for Elementwise {
                             Error::Unsupported(why) => cx.unsupported(&why),
                             e => e,
                         })?;
+                Arc::new(step)
+            }
+            // a + c for a constant c: a − (−c), the exact integer Sub of `arith`.
+            Op::Add if cx.constants.iter().any(Option::is_some) => {
+                let mut values = cx.in_formats.iter();
+                let mut operand = |i: usize| -> Result<super::arith::Operand> {
+                    match cx.constants.get(i).copied().flatten() {
+                        Some(c) => {
+                            super::arith::quantize_constant(&cx.node.inputs[i], &c.mapv(|v| -v))
+                        }
+                        None => values
+                            .next()
+                            .map(|&f| super::arith::Operand::Value(f))
+                            .ok_or_else(|| cx.unsupported("input format unknown")),
+                    }
+                };
+                let (a, b) = (operand(0)?, operand(1)?);
+                // Sub is not commutative: keep the activation first (c + a = a − (−c)).
+                let (a, b) = if matches!(a, super::arith::Operand::Constant(..)) {
+                    (b, a)
+                } else {
+                    (a, b)
+                };
+                let step = super::arith::BinaryStep::new(crate::graph::Binary::Sub, a, b, of)
+                    .map_err(|e| match e {
+                        Error::Unsupported(why) => cx.unsupported(&why),
+                        e => e,
+                    })?;
                 Arc::new(step)
             }
             Op::Add => {
