@@ -573,3 +573,72 @@ fn math_ops_that_do_not_run_in_integers_name_themselves() {
         );
     }
 }
+
+/// Import's pass folds a Mul, Div, Add or Sub of a per-channel constant after a Conv into the
+/// Conv's weights and bias: the folded graph has the Conv alone where the chain was, and computes
+/// the same outputs (float rounding apart). A spatial constant, a constant minus the layer and a
+/// Div by a constant holding zero stay nodes.
+#[test]
+fn constant_affine_ops_after_a_conv_fold_into_it() {
+    use fixq::graph::Binary;
+    let chain = vec![
+        math_node("m", Op::Binary(Binary::Mul), &["k_c", "a"], "m"),
+        math_node("p", Op::Add, &["m", "k_s"], "p"),
+        math_node("s", Op::Binary(Binary::Sub), &["p", "k_c"], "s"),
+        math_node("d", Op::Binary(Binary::Div), &["s", "k_s"], "f"),
+    ];
+    let graph = math_graph(chain, true, true);
+    let folded = graph.clone().fold_batch_norms().unwrap();
+    let ops: Vec<&str> = folded.nodes().iter().map(|n| n.op.name()).collect();
+    assert_eq!(ops, ["Conv", "Conv", "Conv"], "{ops:?}");
+    let x = filled(&[3, 4, 6, 6], 1.0, 5.0);
+    let want = FloatExecutor::new(&graph).run(x.view()).unwrap();
+    let got = FloatExecutor::new(&folded).run(x.view()).unwrap();
+    assert!(rel_err(&got, &want) < 1e-5, "{}", rel_err(&got, &want));
+
+    let mut inits: Vec<(String, ArrayD<f32>)> = vec![
+        ("wa".into(), filled(&[4, 4, 1, 1], 0.6, 0.1)),
+        ("spatial".into(), filled(&[1, 1, 6, 6], 1.0, 0.2)),
+        (
+            "zeros".into(),
+            ndarray::arr1(&[1.0f32, 0.0, 2.0, -1.0])
+                .into_shape_with_order((4, 1, 1))
+                .unwrap()
+                .into_dyn(),
+        ),
+        ("k".into(), filled(&[4, 1, 1], 1.0, 0.4)),
+    ];
+    for (op, inputs) in [
+        (Op::Binary(Binary::Mul), ["a", "spatial"]),
+        (Op::Binary(Binary::Sub), ["k", "a"]),
+        (Op::Binary(Binary::Div), ["a", "zeros"]),
+    ] {
+        let nodes = vec![
+            math_node(
+                "a",
+                Op::Conv {
+                    stride: [1, 1],
+                    pad: [0; 4],
+                    dilation: [1, 1],
+                    groups: 1,
+                },
+                &["x", "wa"],
+                "a",
+            ),
+            math_node("f", op.clone(), &inputs, "f"),
+        ];
+        inits.sort_by(|a, b| a.0.cmp(&b.0));
+        let used: Vec<(String, ArrayD<f32>)> = inits
+            .iter()
+            .filter(|(n, _)| nodes.iter().any(|nd| nd.inputs.contains(n)))
+            .cloned()
+            .collect();
+        let input = fixq::graph::TensorInfo {
+            name: "x".into(),
+            shape: vec![None, Some(4), Some(6), Some(6)],
+        };
+        let g = Graph::new(input, "f", nodes, used).unwrap();
+        let folded = g.fold_batch_norms().unwrap();
+        assert_eq!(folded.nodes().len(), 2, "{} was folded", op.name());
+    }
+}

@@ -15,6 +15,13 @@ impl Graph {
     /// b'_c = s_c·(b_c − mean_c) + bias_c (for Gemm, b is its β·C). A BatchNormalization that cannot be
     /// folded stays a node ([`Op::BatchNormalization`]); the float executor runs it.
     ///
+    /// In the same way, a `Mul` or `Div` by a constant, or an `Add` or `Sub` of a constant, that
+    /// follows such a layer is folded into it where the constant is a scalar or one value per output
+    /// channel (shape `[C, 1, 1]`, `[1, C, 1, 1]`, … for Conv; `[C]` or `[1, C]` for Gemm):
+    /// W'_c = s_c·W_c, b'_c = s_c·b_c + t_c with (s, t) = (k, 0), (1/k, 0), (1, k) or (1, −k). The
+    /// result is the same function (up to float rounding); a `Div` by a constant holding 0, or a
+    /// constant minus the layer (`k − x`), is left as a node.
+    ///
     /// # Errors
     /// `ShapeMismatch` when a foldable BatchNormalization's parameters do not have one value per output
     /// channel of the layer; the errors of [`Graph::new`] for the rewritten graph (none for a graph
@@ -29,7 +36,9 @@ impl Graph {
         let mut inits: HashMap<String, ArrayD<f32>> = initializers.into_iter().collect();
         let mut i = 0;
         while i < nodes.len() {
-            if fold_one(&mut nodes, &mut inits, i, &output.name)? {
+            if fold_one(&mut nodes, &mut inits, i, &output.name)?
+                || fold_constant_affine(&mut nodes, &mut inits, i, &output.name)?
+            {
                 nodes.remove(i);
             } else {
                 i += 1;
@@ -77,36 +86,9 @@ fn fold_one(
         }
     }
     let x = bn.inputs[0].clone();
-    let Some(idx) = nodes[..i].iter().rposition(|n| n.output == x) else {
+    let Some((idx, channels, _, bias)) = foldable_producer(nodes, inits, i, &x, graph_output)
+    else {
         return Ok(false);
-    };
-    if readers(nodes, &x, graph_output) != 1 {
-        return Ok(false);
-    }
-    let producer = &nodes[idx];
-    let weights = producer.inputs.get(1).and_then(|w| inits.get(w));
-    let channels = match (&producer.op, weights) {
-        (Op::Conv { .. }, Some(w)) if w.ndim() == 4 => w.shape()[0],
-        (Op::Gemm { trans_b, .. }, Some(w)) if w.ndim() == 2 => w.shape()[usize::from(!*trans_b)],
-        _ => return Ok(false),
-    };
-    if producer.inputs[1..]
-        .iter()
-        .any(|n| readers(nodes, n, graph_output) != 1)
-    {
-        return Ok(false);
-    }
-    let bias = match producer.inputs.get(2).map(|b| inits.get(b)) {
-        None => vec![0f64; channels],
-        Some(Some(b)) if b.len() == 1 || b.len() == channels => {
-            let factor = match producer.op {
-                Op::Gemm { beta, .. } => f64::from(beta),
-                _ => 1.0,
-            };
-            let b: Vec<f64> = b.iter().map(|&v| factor * f64::from(v)).collect();
-            (0..channels).map(|c| b[c.min(b.len() - 1)]).collect()
-        }
-        Some(_) => return Ok(false),
     };
     if params.iter().any(|p| p.len() != channels) {
         return Err(Error::ShapeMismatch {
@@ -122,10 +104,29 @@ fn fold_one(
         .zip(var)
         .map(|(g, v)| g / (v + eps).sqrt())
         .collect();
-    let folded: Vec<f32> = (0..channels)
-        .map(|c| (scale[c] * (bias[c] - mean[c]) + beta[c]) as f32)
+    let shift: Vec<f64> = (0..channels)
+        .map(|c| beta[c] - scale[c] * mean[c])
         .collect();
-    let bn_output = bn.output.clone();
+    let out = bn.output.clone();
+    apply_affine(nodes, inits, idx, &bias, &scale, &shift, out)?;
+    Ok(true)
+}
+
+/// Rewrites layer `idx` (a Conv or Gemm with `channels` outputs and effective bias `bias`) to
+/// compute s_c·(its output) + t_c, producing `output`: W'_c = s_c·W_c, b'_c = s_c·b_c + t_c.
+fn apply_affine(
+    nodes: &mut [Node],
+    inits: &mut HashMap<String, ArrayD<f32>>,
+    idx: usize,
+    bias: &[f64],
+    scale: &[f64],
+    shift: &[f64],
+    output: String,
+) -> Result<()> {
+    let channels = bias.len();
+    let folded: Vec<f32> = (0..channels)
+        .map(|c| (scale[c] * bias[c] + shift[c]) as f32)
+        .collect();
     let bias_name = match nodes[idx].inputs.get(2) {
         Some(b) => b.clone(),
         None => fresh_name(nodes, inits, &format!("{}.bias", nodes[idx].name)),
@@ -136,11 +137,11 @@ fn fold_one(
             // [in, out]: scale the columns.
             for mut row in w.outer_iter_mut() {
                 row.iter_mut()
-                    .zip(&scale)
+                    .zip(scale)
                     .for_each(|(v, s)| *v = (f64::from(*v) * s) as f32);
             }
         } else {
-            for (mut out_ch, s) in w.outer_iter_mut().zip(&scale) {
+            for (mut out_ch, s) in w.outer_iter_mut().zip(scale) {
                 out_ch
                     .iter_mut()
                     .for_each(|v| *v = (f64::from(*v) * s) as f32);
@@ -155,7 +156,119 @@ fn fold_one(
     }
     let array = ArrayD::from_shape_vec(IxDyn(&[channels]), folded).map_err(Error::from)?;
     inits.insert(bias_name, array);
-    producer.output = bn_output;
+    producer.output = output;
+    Ok(())
+}
+
+/// The producer of node `i`'s data input `x` when it is a Conv or Gemm that may be rewritten: `x`
+/// has no other reader, its weights are a constant and neither they nor its bias are shared.
+/// Returns (index, output channels, output rank, effective bias per channel).
+fn foldable_producer(
+    nodes: &[Node],
+    inits: &HashMap<String, ArrayD<f32>>,
+    i: usize,
+    x: &str,
+    graph_output: &str,
+) -> Option<(usize, usize, usize, Vec<f64>)> {
+    let idx = nodes[..i].iter().rposition(|n| n.output == x)?;
+    if readers(nodes, x, graph_output) != 1 {
+        return None;
+    }
+    let producer = &nodes[idx];
+    let weights = producer.inputs.get(1).and_then(|w| inits.get(w));
+    let (channels, rank) = match (&producer.op, weights) {
+        (Op::Conv { .. }, Some(w)) if w.ndim() == 4 => (w.shape()[0], 4),
+        (Op::Gemm { trans_b, .. }, Some(w)) if w.ndim() == 2 => {
+            (w.shape()[usize::from(!*trans_b)], 2)
+        }
+        _ => return None,
+    };
+    if producer.inputs[1..]
+        .iter()
+        .any(|n| readers(nodes, n, graph_output) != 1)
+    {
+        return None;
+    }
+    let bias = match producer.inputs.get(2).map(|b| inits.get(b)) {
+        None => vec![0f64; channels],
+        Some(Some(b)) if b.len() == 1 || b.len() == channels => {
+            let factor = match producer.op {
+                Op::Gemm { beta, .. } => f64::from(beta),
+                _ => 1.0,
+            };
+            let b: Vec<f64> = b.iter().map(|&v| factor * f64::from(v)).collect();
+            (0..channels).map(|c| b[c.min(b.len() - 1)]).collect()
+        }
+        Some(_) => return None,
+    };
+    Some((idx, channels, rank, bias))
+}
+
+/// One value per output channel of a layer with `channels` outputs and output rank `rank`, if the
+/// constant `k` broadcasts along the channel axis (1) only: a scalar, or `channels` values whose
+/// right-aligned position is axis 1, every other dimension 1.
+fn per_channel(k: &ArrayD<f32>, channels: usize, rank: usize) -> Option<Vec<f64>> {
+    if k.ndim() > rank {
+        return None;
+    }
+    let values: Vec<f64> = k.iter().map(|&v| f64::from(v)).collect();
+    if values.len() == 1 {
+        return Some(vec![values[0]; channels]);
+    }
+    let lead = rank - k.ndim();
+    let along_channels = k
+        .shape()
+        .iter()
+        .enumerate()
+        .all(|(j, &d)| if lead + j == 1 { d == channels } else { d == 1 });
+    (along_channels && values.len() == channels).then_some(values)
+}
+
+/// Folds node `i` into its producer if it is an Add, Sub, Mul or Div of a per-channel constant
+/// after a foldable Conv or Gemm; true if it did.
+fn fold_constant_affine(
+    nodes: &mut [Node],
+    inits: &mut HashMap<String, ArrayD<f32>>,
+    i: usize,
+    graph_output: &str,
+) -> Result<bool> {
+    use super::Binary;
+    let node = &nodes[i];
+    if node.inputs.len() != 2 {
+        return Ok(false);
+    }
+    // (activation input, constant input): the constant may come first where the op commutes.
+    let (x, k) = match (inits.get(&node.inputs[0]), inits.get(&node.inputs[1])) {
+        (None, Some(k)) => (node.inputs[0].clone(), k),
+        (Some(k), None) if matches!(node.op, Op::Add | Op::Binary(Binary::Mul)) => {
+            (node.inputs[1].clone(), k)
+        }
+        _ => return Ok(false),
+    };
+    if !matches!(
+        node.op,
+        Op::Add | Op::Binary(Binary::Sub | Binary::Mul | Binary::Div)
+    ) {
+        return Ok(false);
+    }
+    let Some((idx, channels, rank, bias)) = foldable_producer(nodes, inits, i, &x, graph_output)
+    else {
+        return Ok(false);
+    };
+    let Some(k) = per_channel(k, channels, rank) else {
+        return Ok(false);
+    };
+    let (scale, shift): (Vec<f64>, Vec<f64>) = match node.op {
+        Op::Binary(Binary::Mul) => (k, vec![0.0; channels]),
+        Op::Binary(Binary::Div) if k.iter().all(|&v| v != 0.0 && v.is_finite()) => {
+            (k.iter().map(|v| 1.0 / v).collect(), vec![0.0; channels])
+        }
+        Op::Add => (vec![1.0; channels], k),
+        Op::Binary(Binary::Sub) => (vec![1.0; channels], k.iter().map(|v| -v).collect()),
+        _ => return Ok(false),
+    };
+    let out = node.output.clone();
+    apply_affine(nodes, inits, idx, &bias, &scale, &shift, out)?;
     Ok(true)
 }
 

@@ -152,6 +152,18 @@ impl BinaryStep {
     }
 }
 
+/// Codes already saturated to `f`'s range, stored in `f`'s activation type.
+fn wrap_codes(y: ArrayD<i64>, f: QFormat) -> Result<Act> {
+    struct W(ArrayD<i64>, QFormat);
+    impl Visit1 for W {
+        type Out = Act;
+        fn visit<O: Code>(self) -> Act {
+            O::wrap(self.0.mapv(O::from_code), self.1)
+        }
+    }
+    Ok(dispatch1(Kind::of(f)?, W(y, f)))
+}
+
 /// v·2^s rounded to an integer (ties to even) for either sign of `s`.
 fn scale(v: i128, s: i32) -> i128 {
     if s >= 0 {
@@ -212,14 +224,7 @@ impl IntOp for BinaryStep {
             .and(&av)
             .and(&bv)
             .for_each(|y, &a, &b| *y = self.code(a, b));
-        struct W(ArrayD<i64>, QFormat);
-        impl Visit1 for W {
-            type Out = Act;
-            fn visit<O: Code>(self) -> Act {
-                O::wrap(self.0.mapv(O::from_code), self.1)
-            }
-        }
-        Ok(dispatch1(Kind::of(self.out)?, W(y, self.out)))
+        wrap_codes(y, self.out)
     }
 }
 
@@ -338,14 +343,7 @@ impl IntOp for AffineStep {
         for (c, mut lane) in y.axis_iter_mut(ndarray::Axis(1)).enumerate() {
             lane.mapv_inplace(|q| self.code(q, c));
         }
-        struct W(ArrayD<i64>, QFormat);
-        impl Visit1 for W {
-            type Out = Act;
-            fn visit<O: Code>(self) -> Act {
-                O::wrap(self.0.mapv(O::from_code), self.1)
-            }
-        }
-        Ok(dispatch1(Kind::of(self.out)?, W(y, self.out)))
+        wrap_codes(y, self.out)
     }
 }
 
