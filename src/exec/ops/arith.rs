@@ -19,7 +19,7 @@
 
 use ndarray::{ArrayD, IxDyn, Zip};
 
-use super::{Inputs, IntOp};
+use super::{Inputs, IntOp, Lower};
 use crate::error::{Error, Result};
 use crate::exec::act::{Act, Code, Kind, Visit1, dispatch1};
 use crate::fixed::{Grid, QFormat, Rounding};
@@ -45,6 +45,27 @@ impl Operand {
             Operand::Value(f) | Operand::Constant(_, f) => *f,
         }
     }
+}
+
+/// The two operands of a binary node, in input order: its activations' formats, or its constants
+/// quantized to 16 bits (negated first with `negate_constants`, for an Add run as a Sub).
+///
+/// # Errors
+/// [`Error::Unsupported`] (naming the node) where an activation's format is unknown; as
+/// [`quantize_constant`].
+pub(super) fn operands(cx: &Lower<'_>, negate_constants: bool) -> Result<(Operand, Operand)> {
+    let mut values = cx.in_formats.iter();
+    let mut operand = |i: usize| -> Result<Operand> {
+        match cx.constants.get(i).copied().flatten() {
+            Some(c) if negate_constants => quantize_constant(&cx.node.inputs[i], &c.mapv(|v| -v)),
+            Some(c) => quantize_constant(&cx.node.inputs[i], c),
+            None => values
+                .next()
+                .map(|&f| Operand::Value(f))
+                .ok_or_else(|| cx.unsupported("input format unknown")),
+        }
+    };
+    Ok((operand(0)?, operand(1)?))
 }
 
 /// A constant quantized to 16 bits: the finest power-of-two step at which its largest magnitude
@@ -181,31 +202,6 @@ fn div_even(n: i128, d: i128) -> i128 {
     q + i128::from(2 * r > d || (2 * r == d && q & 1 == 1))
 }
 
-/// The NumPy broadcast of two shapes.
-fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
-    let r = a.len().max(b.len());
-    (0..r)
-        .map(|i| {
-            let da = if i + a.len() >= r {
-                a[i + a.len() - r]
-            } else {
-                1
-            };
-            let db = if i + b.len() >= r {
-                b[i + b.len() - r]
-            } else {
-                1
-            };
-            match (da, db) {
-                (x, y) if x == y => Some(x),
-                (1, y) => Some(y),
-                (x, 1) => Some(x),
-                _ => None,
-            }
-        })
-        .collect()
-}
-
 impl IntOp for BinaryStep {
     fn run(&self, x: &mut Inputs<'_>, _: &mut Scratch) -> Result<Act> {
         let mut next = 0;
@@ -216,7 +212,7 @@ impl IntOp for BinaryStep {
             expected: "shapes that broadcast".into(),
             found: format!("{:?} and {:?}", a.shape(), b.shape()),
         };
-        let shape = broadcast_shape(a.shape(), b.shape()).ok_or_else(mismatch)?;
+        let shape = crate::graph::shape::broadcast(a.shape(), b.shape())?;
         let av = a.broadcast(IxDyn(&shape)).ok_or_else(mismatch)?;
         let bv = b.broadcast(IxDyn(&shape)).ok_or_else(mismatch)?;
         let mut y = ArrayD::<i64>::zeros(IxDyn(&shape));
@@ -452,10 +448,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, Error::Unsupported(_)), "{e}");
-        assert_eq!(
-            broadcast_shape(&[2, 3, 4, 4], &[3, 1, 1]),
-            Some(vec![2, 3, 4, 4])
-        );
-        assert_eq!(broadcast_shape(&[2, 3], &[4]), None);
     }
 }

@@ -114,19 +114,7 @@ impl OpFamily for Elementwise {
             }
             // a + c for a constant c: a − (−c), the exact integer Sub of `arith`.
             Op::Add if cx.constants.iter().any(Option::is_some) => {
-                let mut values = cx.in_formats.iter();
-                let mut operand = |i: usize| -> Result<super::arith::Operand> {
-                    match cx.constants.get(i).copied().flatten() {
-                        Some(c) => {
-                            super::arith::quantize_constant(&cx.node.inputs[i], &c.mapv(|v| -v))
-                        }
-                        None => values
-                            .next()
-                            .map(|&f| super::arith::Operand::Value(f))
-                            .ok_or_else(|| cx.unsupported("input format unknown")),
-                    }
-                };
-                let (a, b) = (operand(0)?, operand(1)?);
+                let (a, b) = super::arith::operands(cx, true)?;
                 // Sub is not commutative: keep the activation first (c + a = a − (−c)).
                 let (a, b) = if matches!(a, super::arith::Operand::Constant(..)) {
                     (b, a)

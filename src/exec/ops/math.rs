@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 
-use super::arith::{BinaryStep, Operand, quantize_constant};
+use super::arith::{BinaryStep, operands};
 use super::lut::BuildLut;
 use super::{
     Grad, Inputs, IntOp, Lower, Lowered, OpFamily, broadcast_zip, contiguous, reduce_to_shape,
@@ -49,17 +49,7 @@ impl OpFamily for MathOps {
             }
             Op::Binary(f) => {
                 let fo = cx.format_of(&cx.node.output)?;
-                let mut values = cx.in_formats.iter();
-                let mut operand = |i: usize| -> Result<Operand> {
-                    match cx.constants.get(i).copied().flatten() {
-                        Some(c) => quantize_constant(&cx.node.inputs[i], c),
-                        None => values
-                            .next()
-                            .map(|&f| Operand::Value(f))
-                            .ok_or_else(|| cx.unsupported("input format unknown")),
-                    }
-                };
-                let (a, b) = (operand(0)?, operand(1)?);
+                let (a, b) = operands(cx, false)?;
                 let step = BinaryStep::new(*f, a, b, fo).map_err(|e| match e {
                     Error::Unsupported(why) => cx.unsupported(&why),
                     e => e,
