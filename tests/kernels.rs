@@ -366,6 +366,115 @@ fn extremes_are_exact() {
     }
 }
 
+/// The `vpmaddubsw` kernel at the edges of its proven bound (docs/kernels.md, section 3): every
+/// activation at the top of its packed range and every weight at ±w_max, over long reductions
+/// (C_in = 70, 3×3: 158 k-steps, so many full i16 groups and a partial last one), for u8 and i8
+/// (biased +128) activations. A pair sum reaches 2·255·64 = 32,640 at w_max = 64 (one step per
+/// group), and a group of 8 steps reaches 8·2·255·8 = 32,640 at w_max = 8.
+#[test]
+fn maddubs_at_its_bound_is_exact() {
+    let id = KernelId::Avx2U8I8I16;
+    let cases: [(i64, i64); 6] = [
+        (255, 64),
+        (255, -64),
+        (255, 8),
+        (255, -8),
+        (0, -64),
+        (255, 1),
+    ];
+    for (xv, wv) in cases {
+        let fw = QFormat::signed(8, 0).unwrap();
+        let w = QTensor::from_codes(Array4::from_elem((19, 70, 3, 3), wv as i8), fw).unwrap();
+        let stage = OutputStage::new(QFormat::signed(16, -10).unwrap());
+        let p = Conv2dParams::new().with_padding(1);
+        // u8 activations: x = xv.
+        let fin = QFormat::unsigned(8, 0).unwrap();
+        let x = QTensor::from_codes(Array4::from_elem((2, 70, 4, 5), xv as u8), fin).unwrap();
+        let want = Conv2d::<u8, i16>::new(&w, None, fin, stage, p, KernelChoice::Reference)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        let exact = 70 * 9 * xv * wv;
+        assert_eq!(
+            i64::from(want.codes()[[0, 0, 2, 2]]),
+            (exact + 512).div_euclid(1024)
+        );
+        match Conv2d::<u8, i16>::new(&w, None, fin, stage, p, KernelChoice::Force(id)) {
+            Ok(l) => {
+                assert_eq!(l.kernel(), id);
+                assert_eq!(l.forward(&x).unwrap().codes(), want.codes(), "u8 {xv}·{wv}");
+                note(id);
+            }
+            Err(Error::Unsupported(m)) => {
+                assert!(!id.is_supported(), "{m}");
+                assert!(m.contains("instruction set"), "{m}");
+            }
+            Err(e) => panic!("{e}"),
+        }
+        // i8 activations: packed as x + 128, so 127 packs to 255 and -128 to 0.
+        let fin8 = QFormat::signed(8, 0).unwrap();
+        let x8 =
+            QTensor::from_codes(Array4::from_elem((2, 70, 4, 5), (xv - 128) as i8), fin8).unwrap();
+        let want8 = Conv2d::<i8, i16>::new(&w, None, fin8, stage, p, KernelChoice::Reference)
+            .unwrap()
+            .forward(&x8)
+            .unwrap();
+        if let Ok(l) = Conv2d::<i8, i16>::new(&w, None, fin8, stage, p, KernelChoice::Force(id)) {
+            assert_eq!(
+                l.forward(&x8).unwrap().codes(),
+                want8.codes(),
+                "i8 {xv}·{wv}"
+            );
+        }
+    }
+}
+
+/// The `vpmaddubsw` kernel is chosen from the layer's actual codes: one weight of 65 against 8-bit
+/// activations could saturate a pair (2·255·65 = 33,150 > 32,767), so it is refused and `Auto` takes
+/// the `vpmaddwd` kernel; 4-bit activations (x ≤ 15) make even |w| = 128 safe.
+#[test]
+fn maddubs_is_chosen_from_the_actual_codes() {
+    let id = KernelId::Avx2U8I8I16;
+    let fw = QFormat::signed(8, 0).unwrap();
+    let mut codes = Array4::<i8>::from_elem((16, 8, 3, 3), 3);
+    codes[[5, 2, 1, 1]] = 65;
+    let w = QTensor::from_codes(codes.clone(), fw).unwrap();
+    let st = OutputStage::new(QFormat::signed(16, 0).unwrap());
+    let p = Conv2dParams::new();
+    let fin = QFormat::unsigned(8, 0).unwrap();
+    let err = Conv2d::<u8, i16>::new(&w, None, fin, st, p, KernelChoice::Force(id)).unwrap_err();
+    let Error::Unsupported(m) = err else {
+        panic!("{err}")
+    };
+    assert!(m.contains("x86_64-u8i8i16-avx2"), "{m}");
+    assert!(m.contains("too wide"), "{m}");
+    let auto = Conv2d::<u8, i16>::new(&w, None, fin, st, p, KernelChoice::Auto).unwrap();
+    assert_ne!(auto.kernel(), id);
+    // 64 fits; 4-bit activations let -128 fit too.
+    codes[[5, 2, 1, 1]] = 64;
+    let w64 = QTensor::from_codes(codes.clone(), fw).unwrap();
+    let fin4 = QFormat::unsigned(4, 0).unwrap();
+    codes[[5, 2, 1, 1]] = -128;
+    let w128 = QTensor::from_codes(codes, fw).unwrap();
+    for (w, fin) in [(&w64, fin), (&w128, fin4)] {
+        let x = QTensor::from_codes(
+            Array4::from_shape_fn((1, 8, 6, 6), |(_, c, y, x)| {
+                (fin.max_code() - ((c + 3 * y + 5 * x) % 7) as i64) as u8
+            }),
+            fin,
+        )
+        .unwrap();
+        let want = Conv2d::<u8, i16>::new(w, None, fin, st, p, KernelChoice::Reference)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        match Conv2d::<u8, i16>::new(w, None, fin, st, p, KernelChoice::Force(id)) {
+            Ok(l) => assert_eq!(l.forward(&x).unwrap().codes(), want.codes()),
+            Err(e) => assert!(!id.is_supported(), "{e}"),
+        }
+    }
+}
+
 /// Float agreement: the dequantized output is within half an output LSB (one rounding) of the float
 /// convolution of the dequantized inputs, when nothing saturates.
 #[test]
@@ -587,10 +696,12 @@ fn isa_paths_ran() {
         let auto =
             Conv2d::<u8, u8>::new(&w, None, fin, st, Conv2dParams::new(), KernelChoice::Auto)
                 .unwrap();
+        assert_eq!(KernelId::Avx2U8I8I16.is_supported(), avx2);
         let expect = if vnni {
             KernelId::Avx512VnniU8I8
         } else if avx2 {
-            KernelId::Avx2U8I8
+            // Weights of ones: 2·255·1 ≤ 32,767, so the `vpmaddubsw` kernel fits.
+            KernelId::Avx2U8I8I16
         } else {
             KernelId::PortableU8I8
         };

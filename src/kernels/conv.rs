@@ -10,7 +10,7 @@ use super::packed::{
 };
 use super::portable::{PortableI16, PortableU8};
 #[cfg(target_arch = "x86_64")]
-use super::x86_64::{Avx2I8, Avx2I16, Avx512VnniI16, Avx512VnniU8};
+use super::x86_64::{Avx2I8, Avx2I16, Avx2Maddubs, Avx512VnniI16, Avx512VnniU8};
 use super::{
     Activation8or16, KernelChoice, KernelCodes, KernelId, OutputStage, Requant, Scratch,
     WeightStorage, check_input_format, max_abs_code, reference,
@@ -126,6 +126,7 @@ fn packed_engine<A: Activation8or16, O: Activation8or16>(
     g: &Geom,
     w: &[i64],
     bias: &[i64],
+    narrow: NarrowBound,
 ) -> Option<Arc<dyn PackedConv<A, O>>> {
     fn engine<A: Activation8or16, O: Activation8or16, K: MicroKernel>(
         id: KernelId,
@@ -146,6 +147,10 @@ fn packed_engine<A: Activation8or16, O: Activation8or16>(
         KernelId::Avx2I16I16 => Avx2I16::new().map(|k| engine(id, k, g, w, bias)),
         #[cfg(target_arch = "x86_64")]
         KernelId::Avx2U8I8 => Avx2I8::new().map(|k| engine(id, k, g, w, bias)),
+        #[cfg(target_arch = "x86_64")]
+        KernelId::Avx2U8I8I16 => {
+            Avx2Maddubs::new(narrow.x_max, narrow.w_max).map(|k| engine(id, k, g, w, bias))
+        }
         #[cfg(target_arch = "x86_64")]
         KernelId::Avx512VnniU8I8 => Avx512VnniU8::new().map(|k| engine(id, k, g, w, bias)),
         #[cfg(target_arch = "x86_64")]
@@ -197,8 +202,33 @@ pub struct Conv2d<A: Activation8or16, O: Activation8or16> {
 #[cfg(feature = "rayon")]
 const PAR_MIN_MACS: usize = 4_000_000;
 
-fn env_forces_reference() -> bool {
-    std::env::var("FIXQ_KERNEL").is_ok_and(|v| v.eq_ignore_ascii_case("reference"))
+/// `FIXQ_KERNEL` as `Auto` reads it: `Some(names)` restricts `Auto` to the named kernels
+/// (`reference` alone, or an unknown name, leaves only the reference); `None` if unset or empty.
+fn env_kernels() -> Option<Vec<KernelId>> {
+    kernel_list(&std::env::var("FIXQ_KERNEL").ok()?)
+}
+
+/// The kernels a `FIXQ_KERNEL` value names (see [`env_kernels`]).
+fn kernel_list(v: &str) -> Option<Vec<KernelId>> {
+    let names: Vec<&str> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    Some(
+        KernelId::ALL
+            .into_iter()
+            .filter(|id| {
+                names.iter().any(|n| {
+                    n.eq_ignore_ascii_case(id.name())
+                        || (*id == KernelId::Reference && n.eq_ignore_ascii_case("reference"))
+                })
+            })
+            .collect(),
+    )
 }
 
 impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
@@ -335,7 +365,8 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
             .map(|f| f - output.format.frac_bits())
             .collect();
         let requant = Requant::new(&shifts, out_range.0, out_range.1);
-        let engine = select_engine::<A, O>(choice, &geom, &w, &bias, acc_bound, wfmt)?;
+        let narrow = NarrowBound::of::<A>(&input_format, &w);
+        let engine = select_engine::<A, O>(choice, &geom, &w, &bias, acc_bound, wfmt, narrow)?;
         Ok(Self {
             geom,
             input_format,
@@ -762,6 +793,7 @@ impl<A: Activation8or16, O: Activation8or16> Conv2d<A, O> {
 
 /// Chooses and builds the layer's kernel (module docs, "Kernels"): `Auto` takes the first of
 /// [`KernelId::AUTO_ORDER`] that this CPU runs and that fits the layer's codes and accumulator bound.
+#[allow(clippy::too_many_arguments)]
 fn select_engine<A: Activation8or16, O: Activation8or16>(
     choice: KernelChoice,
     g: &Geom,
@@ -769,6 +801,7 @@ fn select_engine<A: Activation8or16, O: Activation8or16>(
     bias: &[i64],
     acc_bound: i64,
     wfmt: &[QFormat],
+    narrow: NarrowBound,
 ) -> Result<Engine<A, O>> {
     let fits_i32 = acc_bound <= i64::from(i32::MAX);
     let wmin = wfmt.iter().map(|f| f.min_code()).min().unwrap_or(0);
@@ -776,15 +809,21 @@ fn select_engine<A: Activation8or16, O: Activation8or16>(
     let fits = |id: KernelId| match id.codes() {
         KernelCodes::Any => true,
         KernelCodes::U8I8 => fits_i32 && A::MAX <= 255 && wmin >= -128 && wmax <= 127,
+        KernelCodes::U8I8Narrow => {
+            fits_i32 && A::MAX <= 255 && wmin >= -128 && wmax <= 127 && narrow.i16_steps().is_some()
+        }
         KernelCodes::I16I16 => fits_i32 && wmin >= -32768 && wmax <= 32767,
     };
     let want = match choice {
         KernelChoice::Reference => KernelId::Reference,
-        KernelChoice::Auto if env_forces_reference() => KernelId::Reference,
-        KernelChoice::Auto => KernelId::AUTO_ORDER
-            .into_iter()
-            .find(|&id| id.is_supported() && fits(id))
-            .unwrap_or(KernelId::Reference),
+        KernelChoice::Auto => {
+            let allowed = env_kernels();
+            KernelId::AUTO_ORDER
+                .into_iter()
+                .filter(|id| allowed.as_ref().is_none_or(|a| a.contains(id)))
+                .find(|&id| id.is_supported() && fits(id))
+                .unwrap_or(KernelId::Reference)
+        }
         KernelChoice::Force(id) => id,
     };
     if want == KernelId::Reference {
@@ -803,9 +842,41 @@ fn select_engine<A: Activation8or16, O: Activation8or16>(
             "the accumulator bound exceeds i32"
         }));
     }
-    packed_engine(want, g, w, bias)
+    packed_engine(want, g, w, bias, narrow)
         .map(Engine::Packed)
         .ok_or_else(|| unfit("this CPU lacks its instruction set"))
+}
+
+/// What the `vpmaddubsw` kernel's exactness rests on (docs/kernels.md, section 3): the largest
+/// packed activation code (the format's largest code plus the +128 bias of i8 storage) and the
+/// largest |w| among the layer's actual weight codes (mid-rise weights as 2q+1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NarrowBound {
+    pub x_max: u64,
+    pub w_max: u64,
+}
+
+impl NarrowBound {
+    fn of<A: Activation8or16>(input_format: &QFormat, w: &[i64]) -> Self {
+        let x_max = (input_format.max_code() + i64::from(A::U8_OFFSET)).max(0);
+        let w_max = w.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+        Self {
+            x_max: x_max as u64,
+            w_max,
+        }
+    }
+
+    /// k-steps whose i16 sums are proven exact, ⌊32,767 / (2·x_max·w_max)⌋ capped at 64; `None` if 0.
+    pub(crate) fn i16_steps(&self) -> Option<u32> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Avx2Maddubs::steps_for(self.x_max, self.w_max)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    }
 }
 
 /// Rejects codes outside the input format (one vectorizable min/max pass), so the accumulator
@@ -898,4 +969,43 @@ pub(crate) fn effective_weights<W: WeightStorage, D: RemoveAxis>(
         })
         .collect();
     Ok((w, eff))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixq_kernel_lists_name_the_kernels_auto_may_take() {
+        assert_eq!(kernel_list(""), None);
+        assert_eq!(kernel_list(" , "), None);
+        assert_eq!(kernel_list("reference"), Some(vec![KernelId::Reference]));
+        assert_eq!(kernel_list("REFERENCE"), Some(vec![KernelId::Reference]));
+        assert_eq!(kernel_list("no-such-kernel"), Some(vec![]));
+        assert_eq!(
+            kernel_list("x86_64-u8i8i16-avx2, x86_64-i16i16i32-avx2,x86_64-u8i8i32-avx2"),
+            Some(vec![
+                KernelId::Avx2I16I16,
+                KernelId::Avx2U8I8,
+                KernelId::Avx2U8I8I16
+            ])
+        );
+    }
+
+    #[test]
+    fn maddubs_steps_follow_the_bound() {
+        let b = |x_max, w_max| NarrowBound { x_max, w_max }.i16_steps();
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(b(255, 64), Some(1)); // 2·255·64 = 32,640
+            assert_eq!(b(255, 65), None); // 33,150 would saturate
+            assert_eq!(b(255, 32), Some(2));
+            assert_eq!(b(255, 8), Some(8)); // 8·4,080 = 32,640
+            assert_eq!(b(255, 1), Some(64)); // capped
+            assert_eq!(b(15, 128), Some(8)); // 4-bit activations, 8-bit weights
+            assert_eq!(b(0, 0), Some(64));
+            assert_eq!(b(u64::MAX, u64::MAX), None);
+        } else {
+            assert_eq!(b(255, 8), None);
+        }
+    }
 }

@@ -84,8 +84,28 @@ pub fn add<
 enum AddWidth {
     /// Every aligned sum, its rounding and any left shift stay below 2³⁰ in magnitude.
     I32,
+    /// Every aligned sum and any left shift stay below 2⁶², the right shift is at most 62: scalar
+    /// `i64` ([`requantize_even_i64`]), bit-identical to the reference.
+    I64,
     /// The reference's 128-bit arithmetic.
     I128,
+}
+
+/// [`super::reference::requantize_even_wide`] in `i64`: exact when |v| < 2⁶², |v·2^(−shift)| < 2⁶²
+/// for a left shift, and a right shift of at most 62 (what [`AddWidth::I64`] and `Rescale`'s
+/// 64-bit path prove at construction).
+#[inline(always)]
+fn requantize_even_i64(v: i64, shift: i32, lo: i64, hi: i64) -> i64 {
+    let v = if shift > 0 {
+        let s = shift as u32;
+        let q = v >> s;
+        let r = v - (q << s);
+        let half = 1i64 << (s - 1);
+        q + i64::from(r > half || (r == half && q & 1 == 1))
+    } else {
+        v << (-shift) as u32
+    };
+    v.clamp(lo, hi)
 }
 
 /// A residual sum between fixed formats, prepared once: y = sat(round(a·2^−n_a + b·2^−n_b) at n_y),
@@ -162,6 +182,8 @@ impl AddPlan {
         };
         let width = if widest < 1 << 30 && shift <= 30 {
             AddWidth::I32
+        } else if widest < 1 << 62 && shift <= 62 {
+            AddWidth::I64
         } else {
             AddWidth::I128
         };
@@ -209,6 +231,12 @@ impl AddPlan {
         }
         match self.width {
             AddWidth::I32 => crate::arch::run_best(NarrowAdd { p: self, a, b, out }),
+            AddWidth::I64 => {
+                for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                    let v = (x.to_code() << self.sa) + (y.to_code() << self.sb);
+                    *o = O::from_code(requantize_even_i64(v, self.shift, self.lo, self.hi));
+                }
+            }
             AddWidth::I128 => {
                 for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
                     let v =
@@ -248,6 +276,8 @@ pub struct Rescale {
     lo: i64,
     hi: i64,
     narrow: bool,
+    /// |x·2^(−shift)| < 2⁶² and the right shift is at most 62: the scalar `i64` path.
+    fits_i64: bool,
     format: crate::QFormat,
 }
 
@@ -275,6 +305,7 @@ impl Rescale {
             lo,
             hi,
             narrow: widest < 1 << 30 && shift <= 30,
+            fits_i64: widest < 1 << 62 && shift <= 62,
             format: output.format,
         })
     }
@@ -307,6 +338,15 @@ impl Rescale {
         }
         if self.narrow {
             crate::arch::run_best(NarrowRescale { p: self, x, out });
+        } else if self.fits_i64 {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = O::from_code(requantize_even_i64(
+                    v.to_code(),
+                    self.shift,
+                    self.lo,
+                    self.hi,
+                ));
+            }
         } else {
             for (o, &v) in out.iter_mut().zip(x) {
                 *o = O::from_code(requantize_even_wide(
@@ -448,7 +488,7 @@ mod tests {
         fa: QFormat,
         fb: QFormat,
         stage: OutputStage,
-    ) -> bool {
+    ) -> AddWidth {
         let n = 997;
         let a = codes::<A>(fa, n);
         let mut b = codes::<B>(fb, n);
@@ -464,11 +504,11 @@ mod tests {
             want.codes().as_slice().unwrap(),
             "{fa} + {fb} -> {stage:?}"
         );
-        p.is_narrow()
+        p.width
     }
 
     #[test]
-    fn plan_is_bit_exact_with_add_on_both_widths() {
+    fn plan_is_bit_exact_with_add_on_every_width() {
         let f = |s: bool, bits, frac| {
             if s {
                 QFormat::signed(bits, frac).unwrap()
@@ -478,38 +518,72 @@ mod tests {
         };
         let relu = |o: QFormat| OutputStage::new(o).with_activation(Activation::Relu);
         // The usual residual: signed conv output + unsigned shortcut, a few bits apart.
-        assert!(plan_matches_reference::<i8, u8, u8>(
-            f(true, 8, 4),
-            f(false, 8, 5),
-            relu(f(false, 8, 4))
-        ));
-        assert!(plan_matches_reference::<i8, i8, i8>(
-            f(true, 8, 2),
-            f(true, 8, 7),
-            OutputStage::new(f(true, 8, 3))
-        ));
+        assert_eq!(
+            AddWidth::I32,
+            plan_matches_reference::<i8, u8, u8>(
+                f(true, 8, 4),
+                f(false, 8, 5),
+                relu(f(false, 8, 4))
+            )
+        );
+        assert_eq!(
+            AddWidth::I32,
+            plan_matches_reference::<i8, i8, i8>(
+                f(true, 8, 2),
+                f(true, 8, 7),
+                OutputStage::new(f(true, 8, 3))
+            )
+        );
         // Left shift to a finer output, and 16-bit codes.
-        assert!(plan_matches_reference::<i16, i8, i16>(
-            f(true, 12, 3),
-            f(true, 8, 0),
-            OutputStage::new(f(true, 16, 6))
-        ));
-        assert!(plan_matches_reference::<i16, i16, i8>(
-            f(true, 16, 0),
-            f(true, 16, 14),
-            OutputStage::new(f(true, 4, -2))
-        ));
-        // Far-apart formats: the 128-bit path.
-        assert!(!plan_matches_reference::<i16, i16, i16>(
-            f(true, 16, 0),
-            f(true, 16, 40),
-            OutputStage::new(f(true, 16, 10))
-        ));
-        assert!(!plan_matches_reference::<i8, i8, i16>(
-            f(true, 8, 0),
-            f(true, 8, 0),
-            OutputStage::new(f(true, 16, 40))
-        ));
+        assert_eq!(
+            AddWidth::I32,
+            plan_matches_reference::<i16, i8, i16>(
+                f(true, 12, 3),
+                f(true, 8, 0),
+                OutputStage::new(f(true, 16, 6))
+            )
+        );
+        assert_eq!(
+            AddWidth::I32,
+            plan_matches_reference::<i16, i16, i8>(
+                f(true, 16, 0),
+                f(true, 16, 14),
+                OutputStage::new(f(true, 4, -2))
+            )
+        );
+        // Far-apart formats: the 64-bit path (2^15·2^40 < 2^62), then the 128-bit one.
+        assert_eq!(
+            AddWidth::I64,
+            plan_matches_reference::<i16, i16, i16>(
+                f(true, 16, 0),
+                f(true, 16, 40),
+                OutputStage::new(f(true, 16, 10))
+            )
+        );
+        assert_eq!(
+            AddWidth::I64,
+            plan_matches_reference::<i16, i8, i8>(
+                f(true, 16, 0),
+                f(true, 8, 45),
+                OutputStage::new(f(true, 8, 2))
+            )
+        );
+        assert_eq!(
+            AddWidth::I128,
+            plan_matches_reference::<i16, i16, i16>(
+                f(true, 16, 0),
+                f(true, 16, 60),
+                OutputStage::new(f(true, 16, 50))
+            )
+        );
+        assert_ne!(
+            AddWidth::I32,
+            plan_matches_reference::<i8, i8, i16>(
+                f(true, 8, 0),
+                f(true, 8, 0),
+                OutputStage::new(f(true, 16, 40))
+            )
+        );
         let p = AddPlan::new::<i8, i8, i8>(
             f(true, 8, 0),
             f(true, 8, 0),
@@ -523,7 +597,7 @@ mod tests {
     fn rescale_matches_reference<A: Activation8or16, O: Activation8or16>(
         fi: QFormat,
         stage: OutputStage,
-    ) -> bool {
+    ) -> AddWidth {
         let x = codes::<A>(fi, 997);
         let r = Rescale::new::<A, O>(fi, stage).unwrap();
         let mut got = vec![O::default(); x.len()];
@@ -534,33 +608,50 @@ mod tests {
             let want = requantize_even_wide(i128::from(v.to_code()), shift, lo, hi);
             assert_eq!(g.to_code(), want, "{v:?} {fi} -> {stage:?}");
         }
-        r.is_narrow()
+        match (r.narrow, r.fits_i64) {
+            (true, _) => AddWidth::I32,
+            (false, true) => AddWidth::I64,
+            (false, false) => AddWidth::I128,
+        }
     }
 
     #[test]
-    fn rescale_is_bit_exact_with_the_reference_on_both_widths() {
+    fn rescale_is_bit_exact_with_the_reference_on_every_width() {
         let s = |bits, frac| QFormat::signed(bits, frac).unwrap();
         let u = |bits, frac| QFormat::unsigned(bits, frac).unwrap();
         let relu = |o: QFormat| OutputStage::new(o).with_activation(Activation::Relu);
-        assert!(rescale_matches_reference::<i8, u8>(s(8, 4), relu(u(8, 3))));
-        assert!(rescale_matches_reference::<i8, u8>(s(8, 4), relu(u(8, 4))));
-        assert!(rescale_matches_reference::<u8, i8>(
-            u(8, 0),
-            OutputStage::new(s(8, 3))
-        ));
-        assert!(rescale_matches_reference::<i16, i8>(
-            s(16, 20),
-            OutputStage::new(s(6, -10))
-        ));
-        assert!(!rescale_matches_reference::<i16, i16>(
-            s(16, 0),
-            OutputStage::new(s(16, 20))
-        ));
-        assert!(!rescale_matches_reference::<i16, i8>(
-            s(16, 40),
-            OutputStage::new(s(8, 0))
-        ));
+        assert_eq!(
+            AddWidth::I32,
+            rescale_matches_reference::<i8, u8>(s(8, 4), relu(u(8, 3)))
+        );
+        assert_eq!(
+            AddWidth::I32,
+            rescale_matches_reference::<i8, u8>(s(8, 4), relu(u(8, 4)))
+        );
+        assert_eq!(
+            AddWidth::I32,
+            rescale_matches_reference::<u8, i8>(u(8, 0), OutputStage::new(s(8, 3)))
+        );
+        assert_eq!(
+            AddWidth::I32,
+            rescale_matches_reference::<i16, i8>(s(16, 20), OutputStage::new(s(6, -10)))
+        );
+        assert_eq!(
+            AddWidth::I64,
+            rescale_matches_reference::<i16, i16>(s(16, 0), OutputStage::new(s(16, 20)))
+        );
+        assert_eq!(
+            AddWidth::I64,
+            rescale_matches_reference::<i16, i8>(s(16, 40), OutputStage::new(s(8, 0)))
+        );
+        assert_eq!(
+            AddWidth::I128,
+            rescale_matches_reference::<i16, i16>(s(16, -20), OutputStage::new(s(16, 30)))
+        );
         let clip = OutputStage::new(s(8, 2)).with_activation(Activation::Clip { min: -3, max: 9 });
-        assert!(rescale_matches_reference::<i8, i8>(s(8, 5), clip));
+        assert_eq!(
+            AddWidth::I32,
+            rescale_matches_reference::<i8, i8>(s(8, 5), clip)
+        );
     }
 }

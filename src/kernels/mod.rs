@@ -38,17 +38,27 @@
 //! | `portable-u8i8i32` | any | scalar, packed like VNNI | u8/i8 × i8 (≤ 8-bit weights) |
 //! | `portable-i16i16i32` | any | scalar, packed like `vpmaddwd` | all |
 //! | `x86_64-u8i8i32-avx2` | AVX2 | `vpmovsxbw` + `vpmaddwd` + `vpaddd` | u8/i8 × i8 (≤ 8-bit weights) |
+//! | `x86_64-u8i8i16-avx2` | AVX2 | `vpmaddubsw` + `vpaddw`, widened by `vpmaddwd` | u8/i8 × i8 with 2·x_max·w_max ≤ 32,767 |
 //! | `x86_64-i16i16i32-avx2` | AVX2 | `vpmaddwd` + `vpaddd` | all (u8/i8 widened to i16) |
 //! | `x86_64-u8i8i32-avx512vnni` | AVX-512 VNNI | `vpdpbusd` | u8/i8 × i8 (≤ 8-bit weights) |
 //! | `x86_64-i16i16i32-avx512vnni` | AVX-512 VNNI | `vpdpwssd` | all |
 //!
 //! [`KernelChoice::Auto`] picks the first of the x86-64 kernels this CPU supports that fits the
-//! layer's types and accumulator bound, else `portable-*`; setting the environment variable
-//! `FIXQ_KERNEL=reference` makes `Auto` pick the reference (for determinism checks).
+//! layer's types and accumulator bound, else `portable-*`. The environment variable `FIXQ_KERNEL`
+//! narrows `Auto`: `reference` makes it pick the reference (for determinism checks), and a
+//! comma-separated list of kernel names makes it pick the first kernel of its usual order that is
+//! in the list (else the reference), e.g.
+//! `FIXQ_KERNEL=x86_64-u8i8i16-avx2,x86_64-u8i8i32-avx2,x86_64-i16i16i32-avx2` runs what a CPU
+//! without AVX-512 would.
 //!
-//! Hazards, declared: `vpmaddubsw` (AVX2 u8×i8) saturates its i16 pair sums (255·127·2 > 2¹⁵−1), so it
-//! is **not used**; the AVX2 path widens to i16 and uses `vpmaddwd`, whose only overflow
-//! ((−2¹⁵)²·2 = 2³¹) is excluded by the accumulator bound. `vpdpbusd` has no signed×signed form, so i8
+//! Hazards, declared: `vpmaddubsw` (AVX2 u8×i8) saturates its i16 pair sums (255·127·2 > 2¹⁵−1), so
+//! `x86_64-u8i8i16-avx2` is chosen only for layers where it cannot: packed activations in 0..=x_max
+//! (the input format's largest code, +128 for i8) and the layer's actual weight codes |w| ≤ w_max
+//! with 2·x_max·w_max ≤ 32,767 (for 8-bit activations: ≤ 7-bit weights mid-tread, ≤ 6-bit
+//! mid-rise). Its i16 sums run over ⌊32,767 / (2·x_max·w_max)⌋ k-steps (at most 64) before
+//! widening, so `vpaddw` cannot wrap either (4-bit weights: 8 steps). The other AVX2 kernels widen
+//! to i16 and use `vpmaddwd`, whose only overflow ((−2¹⁵)²·2 = 2³¹) is excluded by the accumulator
+//! bound. `vpdpbusd` has no signed×signed form, so i8
 //! activations run as x+128 ∈ [0, 255] (padding value 128), and the constant 128·Σₖw_{o,k} is
 //! subtracted through the bias; intermediate sums may wrap modulo 2³² but the final value equals the
 //! bounded true sum, so it is exact.
@@ -148,7 +158,8 @@ impl WeightStorage for i16 {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KernelChoice {
     /// The fastest kernel this CPU supports for the layer's types and accumulator bound (see the
-    /// module docs); the reference if the environment variable `FIXQ_KERNEL` is `reference`.
+    /// module docs); the reference if the environment variable `FIXQ_KERNEL` is `reference`, and
+    /// only kernels it names if it is a comma-separated list of kernel names.
     #[default]
     Auto,
     /// Always the scalar 64-bit reference (the executable specification).
@@ -173,6 +184,11 @@ pub enum KernelId {
     /// AVX2 for u8/i8 activations × i8 weights: weights kept as i8 and sign-extended on load
     /// (`vpmovsxbw`), activations widened to i16 when packed, then `vpmaddwd` as [`KernelId::Avx2I16I16`].
     Avx2U8I8,
+    /// AVX2 for u8/i8 activations × narrow i8 weights: `vpmaddubsw` (u8 × i8 pairs into i16, 32 MACs
+    /// per instruction), i16 partial sums over as many k-steps as the formats and the layer's weight
+    /// codes prove exact, then widened with `vpmaddwd`; 4 pixels × 16 channels. Fits a layer only if
+    /// 2·x_max·w_max ≤ 32,767 (for 8-bit activations: |w| ≤ 64, i.e. ≤ 7-bit weights mid-tread).
+    Avx2U8I8I16,
     /// AVX-512 VNNI `vpdpbusd`, 16 output channels × 4 inputs per zmm, 12 pixels × 32 channels.
     Avx512VnniU8I8,
     /// AVX-512 VNNI `vpdpwssd`, 16 output channels × 2 inputs per zmm, 12 pixels × 32 channels.
@@ -181,21 +197,23 @@ pub enum KernelId {
 
 impl KernelId {
     /// Every kernel, reference first.
-    pub const ALL: [KernelId; 7] = [
+    pub const ALL: [KernelId; 8] = [
         KernelId::Reference,
         KernelId::PortableU8I8,
         KernelId::PortableI16I16,
         KernelId::Avx2I16I16,
         KernelId::Avx2U8I8,
+        KernelId::Avx2U8I8I16,
         KernelId::Avx512VnniU8I8,
         KernelId::Avx512VnniI16I16,
     ];
 
     /// The order in which [`KernelChoice::Auto`] tries the packed kernels (fastest first); the
     /// reference is the fallback.
-    pub const AUTO_ORDER: [KernelId; 6] = [
+    pub const AUTO_ORDER: [KernelId; 7] = [
         KernelId::Avx512VnniU8I8,
         KernelId::Avx512VnniI16I16,
+        KernelId::Avx2U8I8I16,
         KernelId::Avx2U8I8,
         KernelId::Avx2I16I16,
         KernelId::PortableU8I8,
@@ -209,6 +227,7 @@ impl KernelId {
             KernelId::PortableU8I8 | KernelId::Avx2U8I8 | KernelId::Avx512VnniU8I8 => {
                 KernelCodes::U8I8
             }
+            KernelId::Avx2U8I8I16 => KernelCodes::U8I8Narrow,
             KernelId::PortableI16I16 | KernelId::Avx2I16I16 | KernelId::Avx512VnniI16I16 => {
                 KernelCodes::I16I16
             }
@@ -223,6 +242,7 @@ impl KernelId {
             KernelId::PortableI16I16 => "portable-i16i16i32",
             KernelId::Avx2I16I16 => "x86_64-i16i16i32-avx2",
             KernelId::Avx2U8I8 => "x86_64-u8i8i32-avx2",
+            KernelId::Avx2U8I8I16 => "x86_64-u8i8i16-avx2",
             KernelId::Avx512VnniU8I8 => "x86_64-u8i8i32-avx512vnni",
             KernelId::Avx512VnniI16I16 => "x86_64-i16i16i32-avx512vnni",
         }
@@ -237,12 +257,44 @@ impl KernelId {
             #[cfg(target_arch = "x86_64")]
             KernelId::Avx2U8I8 => x86_64::Avx2I8::new().is_some(),
             #[cfg(target_arch = "x86_64")]
+            KernelId::Avx2U8I8I16 => x86_64::Avx2I8::new().is_some(),
+            #[cfg(target_arch = "x86_64")]
             KernelId::Avx512VnniU8I8 => x86_64::Avx512VnniU8::new().is_some(),
             #[cfg(target_arch = "x86_64")]
             KernelId::Avx512VnniI16I16 => x86_64::Avx512VnniI16::new().is_some(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
+    }
+}
+
+/// Runs `iterations` rounds of kernel `id`'s multiply-accumulate instruction mix on register
+/// operands (12 independent accumulators, no memory traffic) and returns the multiply-accumulates
+/// done, so a benchmark can time it and report a kernel's speed as a fraction of this CPU's peak
+/// for its mix (docs/kernels.md, "Peak"). `None` for the scalar kernels, or if this CPU lacks the
+/// kernel's instructions.
+///
+/// The mixes: `vpmaddwd` + `vpaddd` on ymm (16 MACs per pair) for `x86_64-i16i16i32-avx2` and
+/// `x86_64-u8i8i32-avx2`; `vpmaddubsw` + `vpaddw` on ymm (32 MACs), widened every 8 rounds, for
+/// `x86_64-u8i8i16-avx2`; `vpdpbusd` (64 MACs) and `vpdpwssd` (32 MACs) on zmm for the VNNI kernels.
+///
+/// # Example
+/// ```
+/// use fixq::kernels::{peak_loop, KernelId};
+/// assert_eq!(peak_loop(KernelId::Reference, 1000), None);
+/// if KernelId::Avx2U8I8.is_supported() {
+///     assert_eq!(peak_loop(KernelId::Avx2U8I8, 1000), Some(1000 * 12 * 16));
+/// }
+/// ```
+pub fn peak_loop(id: KernelId, iterations: u64) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86_64::peak_loop(id.name(), iterations, 0x0103_0507)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (id, iterations);
+        None
     }
 }
 
@@ -253,6 +305,9 @@ pub(crate) enum KernelCodes {
     Any,
     /// u8 (or i8 via +128) activations × i8 weights, i32 accumulator.
     U8I8,
+    /// As `U8I8`, and 2·x_max·w_max ≤ 32,767 for the biased activation codes and the layer's
+    /// actual weight codes (`vpmaddubsw` cannot saturate).
+    U8I8Narrow,
     /// i16 × i16 pairs, i32 accumulator.
     I16I16,
 }

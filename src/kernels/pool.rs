@@ -333,8 +333,25 @@ pub fn global_avg_pool<A: Activation8or16, O: Activation8or16>(
 }
 
 /// round(sum · 2^e / cnt), ties to even (unbiased: a 2x2 window makes a quarter of the sums ties),
-/// clamped to [lo, hi]. Exact for |sum| < 2⁴⁷, cnt < 2³².
+/// clamped to [lo, hi]. Exact for |sum| < 2⁴⁷, cnt < 2³². Numerator and denominator fit `i64` in
+/// every real layer (|sum| < 2⁴⁷ shifted by e ≤ 15, count < 2³² shifted by −e ≤ 30), and then the
+/// division runs in `i64`; otherwise in `i128` (`divide_round_wide`, the same rule).
+#[inline]
 fn divide_round(sum: i64, cnt: i64, e: i32, lo: i64, hi: i64) -> i64 {
+    let fits = |v: i64, s: i32| (0..=62).contains(&s) && v.unsigned_abs() < 1u64 << (62 - s);
+    let (es, ds) = (e.max(0), (-e).max(0));
+    if cnt > 0 && fits(sum, es) && fits(cnt, ds) {
+        let (num, den) = (sum << es, cnt << ds);
+        let (q, r) = (num.div_euclid(den), num.rem_euclid(den));
+        // r < den < 2^62, so 2r cannot overflow.
+        let q = q + i64::from(2 * r > den || (2 * r == den && q & 1 == 1));
+        return q.clamp(lo, hi);
+    }
+    divide_round_wide(sum, cnt, e, lo, hi)
+}
+
+/// [`divide_round`] in `i128`, for any shift.
+fn divide_round_wide(sum: i64, cnt: i64, e: i32, lo: i64, hi: i64) -> i64 {
     // Beyond these shifts the result is already decided (0, or saturated unless sum = 0).
     let num = i128::from(sum) << e.clamp(0, 64) as u32;
     let den = i128::from(cnt) << (-e).clamp(0, 80) as u32;
@@ -346,6 +363,43 @@ fn divide_round(sum: i64, cnt: i64, e: i32, lo: i64, hi: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The i64 path equals the i128 one wherever it is taken, ties included.
+    #[test]
+    fn divide_round_narrow_equals_wide() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 11
+        };
+        for i in 0..200_000u64 {
+            let mag = 1i64 << (next() % 48);
+            let sum = (next() as i64 % mag) * if i % 2 == 0 { 1 } else { -1 };
+            let cnt = 1 + (next() % 64) as i64;
+            let e = (next() % 40) as i32 - 20;
+            let (lo, hi) = if i % 3 == 0 {
+                (-128, 127)
+            } else {
+                (i64::MIN / 4, i64::MAX / 4)
+            };
+            assert_eq!(
+                divide_round(sum, cnt, e, lo, hi),
+                divide_round_wide(sum, cnt, e, lo, hi),
+                "sum {sum} cnt {cnt} e {e}"
+            );
+        }
+        // Exact ties at several shifts.
+        for e in -5..=5 {
+            for sum in -40i64..=40 {
+                assert_eq!(
+                    divide_round(sum, 4, e, -1000, 1000),
+                    divide_round_wide(sum, 4, e, -1000, 1000)
+                );
+            }
+        }
+    }
 
     #[test]
     fn divide_round_ties_to_even() {

@@ -174,6 +174,233 @@ macro_rules! avx2_kernel {
 avx2_kernel!(Avx2I16, i16, "x86_64-i16i16i32-avx2");
 avx2_kernel!(Avx2I8, i8, "x86_64-u8i8i32-avx2");
 
+// ---------------------------------------------------------------- AVX2 (vpmaddubsw, i16 sums)
+
+/// `x86_64-u8i8i16-avx2`: u8 activations × i8 weights with `vpmaddubsw` (two products summed into
+/// one i16 lane, 32 MACs per ymm instruction), i16 partial sums kept over `steps` k-steps with
+/// `vpaddw`, then widened with `vpmaddwd(·, 1)` and added to i32 accumulators.
+///
+/// Exactness (docs/kernels.md, section 3): with packed activations in 0..=x_max and weight codes
+/// |w| ≤ w_max, one `vpmaddubsw` lane is at most 2·x_max·w_max in magnitude and `steps` of them at
+/// most steps·2·x_max·w_max. [`Avx2Maddubs::new`] accepts only `steps` with
+/// steps·2·x_max·w_max ≤ 32,767, so the instruction never saturates and `vpaddw` never wraps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Avx2Maddubs {
+    t: Avx2Fma,
+    steps: u32,
+}
+
+/// Largest number of k-steps summed in i16 before widening (bounds the flush counter).
+const MADDUBS_MAX_STEPS: u64 = 64;
+
+impl Avx2Maddubs {
+    /// The kernel for packed activations in 0..=`x_max` and weights with |w| ≤ `w_max`: `None` if
+    /// AVX2 is missing or 2·x_max·w_max > 32,767 (one `vpmaddubsw` pair could saturate).
+    pub(crate) fn new(x_max: u64, w_max: u64) -> Option<Self> {
+        let steps = Self::steps_for(x_max, w_max)?;
+        Avx2Fma::new().map(|t| Self { t, steps })
+    }
+
+    /// The proven step count: ⌊32,767 / (2·x_max·w_max)⌋, capped at 64; `None` if it is 0.
+    pub(crate) fn steps_for(x_max: u64, w_max: u64) -> Option<u32> {
+        let per_step = 2u64.checked_mul(x_max)?.checked_mul(w_max)?.max(1);
+        let steps = (i16::MAX as u64 / per_step).min(MADDUBS_MAX_STEPS);
+        (steps >= 1).then_some(steps as u32)
+    }
+}
+
+const MB_MR: usize = 4;
+
+/// `M` pixels × 16 channels, KW = 4 (the VNNI packing with NR = 16). With `WIDEN_EACH` (steps = 1)
+/// every `vpmaddubsw` result is widened at once into i32 accumulators held in registers; otherwise
+/// the 2·M i16 accumulators stay in registers and are widened into the i32 sums in `acc` (L1) every
+/// `steps` k-steps, which keeps the hot loop free of spills (16 ymm registers: 2·M i16 sums, two
+/// weight vectors, one broadcast).
+///
+/// # Safety
+/// As [`maddubs_tile`], for `M` = `offs.len()` pixels.
+#[inline(always)]
+unsafe fn maddubs_body<const M: usize, const WIDEN_EACH: bool>(
+    x: *const u8,
+    offs: &[usize],
+    w: *const i8,
+    geo: &TileGeo<'_>,
+    acc: *mut i32,
+    steps: u32,
+) {
+    // SAFETY (whole body): the caller checked (`in_bounds`) that every x read
+    // (offs[p] + tap + chunk·4 + 4 ≤ x.len() for p < M), every w read (taps·chunks·64 bytes) and
+    // every acc access (M·16 i32) is in bounds, that AVX2 is available, and that `steps` k-steps
+    // of `vpmaddubsw` sums fit i16 (`Avx2Maddubs::new`).
+    // SAFETY: AVX is available.
+    let zero = unsafe { _mm256_setzero_si256() };
+    // SAFETY: AVX is available.
+    let ones = unsafe { _mm256_set1_epi16(1) };
+    // i32 sums: in registers when widening every step, else in `acc`.
+    let mut a32 = [[zero; 2]; M];
+    if !WIDEN_EACH {
+        for p in 0..M {
+            // SAFETY: acc has room for M·16 i32.
+            unsafe {
+                _mm256_storeu_si256(acc.add(p * 16) as *mut __m256i, zero);
+                _mm256_storeu_si256(acc.add(p * 16 + 8) as *mut __m256i, zero);
+            }
+        }
+    }
+    let mut a16 = [[zero; 2]; M];
+    let mut left = steps;
+    let mut wp = w;
+    for &t in geo.taps {
+        let mut xp = [x; M];
+        for p in 0..M {
+            // SAFETY: offs[p] + t is within x (checked by the caller).
+            xp[p] = unsafe { x.add(offs[p] + t) };
+        }
+        for _ in 0..geo.chunks {
+            // SAFETY: 64 weight bytes of this k-step are in bounds; unaligned loads.
+            let (w0, w1) = unsafe {
+                (
+                    _mm256_loadu_si256(wp as *const __m256i),
+                    _mm256_loadu_si256(wp.add(32) as *const __m256i),
+                )
+            };
+            for p in 0..M {
+                // SAFETY: 4 bytes at xp[p] are in bounds; read_unaligned has no alignment demand.
+                let xv = unsafe { _mm256_set1_epi32((xp[p] as *const i32).read_unaligned()) };
+                // SAFETY: AVX2 is enabled in the calling wrapper; the sums cannot saturate or wrap
+                // (the step bound above).
+                unsafe {
+                    if WIDEN_EACH {
+                        a32[p][0] = _mm256_add_epi32(
+                            a32[p][0],
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(xv, w0), ones),
+                        );
+                        a32[p][1] = _mm256_add_epi32(
+                            a32[p][1],
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(xv, w1), ones),
+                        );
+                    } else {
+                        a16[p][0] = _mm256_add_epi16(a16[p][0], _mm256_maddubs_epi16(xv, w0));
+                        a16[p][1] = _mm256_add_epi16(a16[p][1], _mm256_maddubs_epi16(xv, w1));
+                    }
+                }
+                // SAFETY: stays within (or one past) the checked range.
+                xp[p] = unsafe { xp[p].add(4) };
+            }
+            // SAFETY: advances within the weight block (or one past its end).
+            wp = unsafe { wp.add(64) };
+            if !WIDEN_EACH {
+                left -= 1;
+                if left == 0 {
+                    left = steps;
+                    // SAFETY: as this body (acc holds M·16 i32; AVX2 is enabled).
+                    unsafe { maddubs_flush(&mut a16, acc) };
+                }
+            }
+        }
+    }
+    if WIDEN_EACH {
+        for (p, a) in a32.iter().enumerate() {
+            // SAFETY: acc has room for M·16 i32 (checked by the caller).
+            unsafe {
+                _mm256_storeu_si256(acc.add(p * 16) as *mut __m256i, a[0]);
+                _mm256_storeu_si256(acc.add(p * 16 + 8) as *mut __m256i, a[1]);
+            }
+        }
+    } else if left != steps {
+        // The last, partial group.
+        // SAFETY: as this body (acc holds M·16 i32; AVX2 is enabled).
+        unsafe { maddubs_flush(&mut a16, acc) };
+    }
+}
+
+/// Adds the i16 sums, widened by `vpmaddwd(·, 1)`, to the i32 sums in `acc`, and clears them.
+/// `#[inline(always)]`, so it is compiled in the caller's AVX2 context.
+///
+/// # Safety
+/// AVX2 must be available; `acc` must hold M·16 i32.
+#[inline(always)]
+unsafe fn maddubs_flush<const M: usize>(a16: &mut [[__m256i; 2]; M], acc: *mut i32) {
+    for (p, ap) in a16.iter_mut().enumerate() {
+        for (h, v) in ap.iter_mut().enumerate() {
+            // SAFETY: acc holds M·16 i32 and AVX2 is available (the caller).
+            unsafe {
+                let d = acc.add(p * 16 + h * 8) as *mut __m256i;
+                let ones = _mm256_set1_epi16(1);
+                let s = _mm256_add_epi32(_mm256_loadu_si256(d), _mm256_madd_epi16(*v, ones));
+                _mm256_storeu_si256(d, s);
+                *v = _mm256_setzero_si256();
+            }
+        }
+    }
+}
+
+/// # Safety
+/// AVX2 must be available; every read of `x` (`offs[p] + tap + chunks·4` for each pixel p and tap)
+/// and `w` (`taps·chunks·64` bytes) and every write of `acc` (`offs.len()·16`) must be in bounds;
+/// `steps` must satisfy the bound of [`Avx2Maddubs::new`] for the packed codes.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn maddubs_tile(
+    x: *const u8,
+    offs: &[usize],
+    w: *const i8,
+    geo: &TileGeo<'_>,
+    acc: *mut i32,
+    steps: u32,
+) {
+    // SAFETY: preconditions forwarded from the caller; offs.len() = M selects the instantiation.
+    unsafe {
+        match (offs.len(), steps == 1) {
+            (1, true) => maddubs_body::<1, true>(x, offs, w, geo, acc, steps),
+            (2, true) => maddubs_body::<2, true>(x, offs, w, geo, acc, steps),
+            (3, true) => maddubs_body::<3, true>(x, offs, w, geo, acc, steps),
+            (_, true) => maddubs_body::<MB_MR, true>(x, offs, w, geo, acc, steps),
+            (1, false) => maddubs_body::<1, false>(x, offs, w, geo, acc, steps),
+            (2, false) => maddubs_body::<2, false>(x, offs, w, geo, acc, steps),
+            (3, false) => maddubs_body::<3, false>(x, offs, w, geo, acc, steps),
+            (_, false) => maddubs_body::<MB_MR, false>(x, offs, w, geo, acc, steps),
+        }
+    }
+}
+
+impl MicroKernel for Avx2Maddubs {
+    const NAME: &'static str = "x86_64-u8i8i16-avx2";
+    type X = u8;
+    type W = i8;
+    const MR: usize = MB_MR;
+    const NR: usize = 16;
+    const KW: usize = 4;
+    #[inline(always)]
+    fn in_context<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.t.in_context(f)
+    }
+    fn tile(
+        &self,
+        x: &[u8],
+        offs: &[usize],
+        w: &[i8],
+        geo: &TileGeo<'_>,
+        acc: &mut [i32],
+    ) -> Result<(), TileOutOfBounds> {
+        if !in_bounds(x, offs, w, geo, acc, (Self::MR, Self::NR, Self::KW)) {
+            return Err(TileOutOfBounds(Self::NAME));
+        }
+        // SAFETY: bounds checked above; `self` exists only if AVX2 was detected and `steps` was
+        // proven by `new` for the layer's codes (the driver checks every input against them).
+        unsafe {
+            maddubs_tile(
+                x.as_ptr(),
+                offs,
+                w.as_ptr(),
+                geo,
+                acc.as_mut_ptr(),
+                self.steps,
+            )
+        };
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------- AVX-512 VNNI
 
 const V_MR: usize = 12;
@@ -361,4 +588,132 @@ impl MicroKernel for Avx512VnniI16 {
         unsafe { vnni_i16_tile(x.as_ptr(), offs, w.as_ptr(), geo, acc.as_mut_ptr()) };
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------- peak loops
+
+/// Independent accumulators in the peak loops: enough to cover latency × throughput of every mix.
+const PEAK_ACC: usize = 12;
+
+/// Runs `iterations` rounds of one kernel's multiply-accumulate instruction mix on register
+/// operands, with [`PEAK_ACC`] independent accumulators and no loads or stores, and returns the
+/// multiply-accumulates done; `None` for a kernel with no SIMD mix here or a CPU that lacks it.
+///
+/// The mixes (per accumulator and round): `vpmaddwd` + `vpaddd` ymm (16 MACs) for both `vpmaddwd`
+/// kernels; `vpmaddubsw` + `vpaddw` ymm (32 MACs) plus, every 8 rounds, the widening `vpmaddwd` +
+/// `vpaddd` for `x86_64-u8i8i16-avx2`; `vpdpbusd` zmm (64 MACs); `vpdpwssd` zmm (32 MACs).
+pub(crate) fn peak_loop(name: &str, iterations: u64, seed: i32) -> Option<u64> {
+    let acc = PEAK_ACC as u64;
+    match name {
+        "x86_64-i16i16i32-avx2" | "x86_64-u8i8i32-avx2" => {
+            let t = Avx2Fma::new()?;
+            // SAFETY: `t` proves AVX2 is available.
+            let r = unsafe { peak_maddwd(t, iterations, seed) };
+            std::hint::black_box(r);
+            Some(iterations * acc * 16)
+        }
+        "x86_64-u8i8i16-avx2" => {
+            let t = Avx2Fma::new()?;
+            // SAFETY: `t` proves AVX2 is available.
+            let r = unsafe { peak_maddubs(t, iterations, seed) };
+            std::hint::black_box(r);
+            Some(iterations * acc * 32)
+        }
+        "x86_64-u8i8i32-avx512vnni" => {
+            let t = Avx512Vnni::new()?;
+            // SAFETY: `t` proves AVX-512 F/BW/VNNI are available.
+            let r = unsafe { peak_vnni(t, iterations, seed, false) };
+            std::hint::black_box(r);
+            Some(iterations * acc * 64)
+        }
+        "x86_64-i16i16i32-avx512vnni" => {
+            let t = Avx512Vnni::new()?;
+            // SAFETY: `t` proves AVX-512 F/BW/VNNI are available.
+            let r = unsafe { peak_vnni(t, iterations, seed, true) };
+            std::hint::black_box(r);
+            Some(iterations * acc * 32)
+        }
+        _ => None,
+    }
+}
+
+/// An empty `asm!` that the compiler must assume changes `$x` (a `$class` register): it keeps
+/// loop-invariant products inside the peak loops at no instruction cost. Expanded inside the
+/// `#[target_feature]` functions, which enable the register class.
+macro_rules! opaque {
+    ($x:expr, $class:ident) => {
+        // SAFETY: the template is empty: no instruction runs, no memory or flags are touched.
+        unsafe {
+            core::arch::asm!("/* {0} */", inout($class) $x, options(nomem, nostack, preserves_flags))
+        }
+    };
+}
+
+/// # Safety
+/// AVX2 must be available (the token proves it).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn peak_maddwd(_: Avx2Fma, iterations: u64, seed: i32) -> i32 {
+    let mut x = _mm256_set1_epi32(seed);
+    let w = _mm256_set1_epi32(seed.rotate_left(7));
+    let mut a = [_mm256_setzero_si256(); PEAK_ACC];
+    for _ in 0..iterations {
+        opaque!(x, ymm_reg);
+        for v in a.iter_mut() {
+            *v = _mm256_add_epi32(*v, _mm256_madd_epi16(x, w));
+        }
+    }
+    let s = a
+        .iter()
+        .fold(_mm256_setzero_si256(), |s, &v| _mm256_add_epi32(s, v));
+    _mm256_extract_epi32::<0>(s)
+}
+
+/// # Safety
+/// AVX2 must be available (the token proves it).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn peak_maddubs(_: Avx2Fma, iterations: u64, seed: i32) -> i32 {
+    let mut x = _mm256_set1_epi32(seed);
+    let w = _mm256_set1_epi32(seed.rotate_left(7));
+    let ones = _mm256_set1_epi16(1);
+    let mut a16 = [_mm256_setzero_si256(); PEAK_ACC];
+    let mut a32 = [_mm256_setzero_si256(); PEAK_ACC];
+    for i in 0..iterations {
+        opaque!(x, ymm_reg);
+        for v in a16.iter_mut() {
+            *v = _mm256_add_epi16(*v, _mm256_maddubs_epi16(x, w));
+        }
+        if i % 8 == 7 {
+            for (s, v) in a32.iter_mut().zip(a16.iter_mut()) {
+                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(*v, ones));
+                *v = _mm256_setzero_si256();
+            }
+        }
+    }
+    let s = a32
+        .iter()
+        .fold(_mm256_setzero_si256(), |s, &v| _mm256_add_epi32(s, v));
+    _mm256_extract_epi32::<0>(s)
+}
+
+/// # Safety
+/// AVX-512 F/BW/VNNI must be available (the token proves it).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn peak_vnni(_: Avx512Vnni, iterations: u64, seed: i32, words: bool) -> i32 {
+    let mut x = _mm512_set1_epi32(seed);
+    let w = _mm512_set1_epi32(seed.rotate_left(7));
+    let mut a = [_mm512_setzero_si512(); PEAK_ACC];
+    for _ in 0..iterations {
+        opaque!(x, zmm_reg);
+        for v in a.iter_mut() {
+            *v = if words {
+                _mm512_dpwssd_epi32(*v, x, w)
+            } else {
+                _mm512_dpbusd_epi32(*v, x, w)
+            };
+        }
+    }
+    _mm512_reduce_add_epi32(
+        a.iter()
+            .fold(_mm512_setzero_si512(), |s, &v| _mm512_add_epi32(s, v)),
+    )
 }
